@@ -1,0 +1,315 @@
+"""Every ``TRACK_USAGE_*`` setting, read once at ``init_app`` into a frozen object.
+
+Reading the Flask config on each request would cost a dict lookup per key and
+let a typo hide until traffic arrives; instead every key is validated here and a
+wrong value fails at start-up with an error that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "TRACK_USAGE_"
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+)
+
+_METRIC_PREFIX_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+MetricsAuth = Callable[[Any], bool] | str | tuple[str, str] | None
+CaptureUser = Callable[[], str | None] | str | None
+
+
+class ConfigError(ValueError):
+    """A ``TRACK_USAGE_*`` setting has a value that cannot be used."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated settings of one app. See README.md for each key."""
+
+    include_or_exclude_views: str = "exclude"
+    exclude_paths: tuple[str, ...] = ()
+    exclude_paths_re: re.Pattern[str] | None = None
+    metrics_prefix: str = "flask_usage_"
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    size_buckets: tuple[float, ...] = DEFAULT_SIZE_BUCKETS
+    prometheus: bool = True
+    metrics_path: str | None = "/metrics"
+    metrics_auth: MetricsAuth = None
+    exception_label_limit: int = 50
+    capture_user: CaptureUser = "id"
+    anonymize_ip: str | None = None
+    anonymize_ip_key: bytes | None = None
+    geoip_db: str | None = None
+    # storage (SQL persistence)
+    queue_size: int = 10_000
+    batch_size: int = 500
+    flush_interval: float = 1.0
+    sync_writes: bool = False
+    # OpenTelemetry
+    otel: bool | None = None
+    otel_metrics: bool | None = None
+    otel_capture_user: bool = False
+    otel_exporter: str | None = None
+
+
+# key -> (Settings field, parser). Parsers raise ConfigError naming the key.
+Parser = Callable[[str, Any], Any]
+
+
+def _choice(*allowed: str) -> Parser:
+    def parse(key: str, value: Any) -> str:
+        if not isinstance(value, str) or value.lower() not in allowed:
+            raise ConfigError(key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value.lower()
+
+    return parse
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        return value.lower() in {"1", "true", "yes", "on"}
+    raise ConfigError(key, f"must be a boolean, got {value!r}")
+
+
+def _optional_bool(key: str, value: Any) -> bool | None:
+    return None if value is None else _bool(key, value)
+
+
+def _int_range(low: int, high: int) -> Parser:
+    def parse(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(key, f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+    if not (0 < value <= 3600) or math.isnan(value):
+        raise ConfigError(key, f"must be more than 0 and at most 3600 seconds, got {value!r}")
+    return float(value)
+
+
+def _buckets(key: str, value: Any) -> tuple[float, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(key, f"must be a non-empty list of increasing numbers, got {value!r}")
+    try:
+        bounds = tuple(float(v) for v in value if not isinstance(v, bool))
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"must be a list of numbers, got {value!r}") from None
+    if len(bounds) != len(value) or any(math.isnan(b) for b in bounds):
+        raise ConfigError(key, f"must be a list of numbers, got {value!r}")
+    if math.isinf(bounds[-1]):
+        bounds = bounds[:-1]  # +Inf is always added by prometheus_client
+    if not bounds or any(b >= c for b, c in itertools.pairwise(bounds)) or bounds[0] <= 0:
+        raise ConfigError(key, f"must be positive and strictly increasing, got {list(value)!r}")
+    return bounds
+
+
+def _metrics_prefix(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _METRIC_PREFIX_RE.fullmatch(value):
+        raise ConfigError(key, f"must be a valid Prometheus metric name prefix such as 'flask_usage_', got {value!r}")
+    return value
+
+
+def _metrics_path(key: str, value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in "<> ?#"):
+        raise ConfigError(key, f"must be a URL path starting with '/' (or None to disable), got {value!r}")
+    return value
+
+
+def _metrics_auth(key: str, value: Any) -> MetricsAuth:
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str) and value:
+        return value
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(isinstance(v, str) and v for v in value)
+        and ":" not in value[0]
+    ):
+        return (value[0], value[1])
+    raise ConfigError(
+        key,
+        "must be a callable taking the request, a bearer token string, "
+        f"or a (username, password) pair, got {type(value).__name__}",
+    )
+
+
+def _exclude_paths(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise ConfigError(key, f"must be a list of regular expressions, got {value!r}")
+    patterns = tuple(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(key, f"must contain strings, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(key, f"{pattern!r} is not a valid regular expression: {exc}") from None
+    return patterns
+
+
+def _capture_user(key: str, value: Any) -> CaptureUser:
+    if callable(value):
+        return value
+    if value is None or value is False or (isinstance(value, str) and value.lower() == "off"):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() == "id"):
+        return "id"
+    raise ConfigError(key, f"must be 'off', 'id' or a callable returning the user id, got {value!r}")
+
+
+def _anonymize_ip(key: str, value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.lower() in {"truncate", "hash"}:
+        return value.lower()
+    if value is True:
+        return "truncate"
+    raise ConfigError(key, f"must be None, 'truncate' or 'hash', got {value!r}")
+
+
+def _optional_str(key: str, value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise ConfigError(key, f"must be a non-empty string or None, got {value!r}")
+
+
+def _secret(key: str, value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        return value.encode()
+    if isinstance(value, bytes) and value:
+        return value
+    raise ConfigError(key, "must be a non-empty string or bytes")
+
+
+def _otel_exporter(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    return _choice("otlp", "console", "none")(key, value)
+
+
+_KEYS: dict[str, tuple[str, Parser]] = {
+    "INCLUDE_OR_EXCLUDE_VIEWS": ("include_or_exclude_views", _choice("include", "exclude")),
+    "EXCLUDE_PATHS": ("exclude_paths", _exclude_paths),
+    "METRICS_PREFIX": ("metrics_prefix", _metrics_prefix),
+    "BUCKETS": ("buckets", _buckets),
+    "SIZE_BUCKETS": ("size_buckets", _buckets),
+    "PROMETHEUS": ("prometheus", _bool),
+    "METRICS_PATH": ("metrics_path", _metrics_path),
+    "METRICS_AUTH": ("metrics_auth", _metrics_auth),
+    "EXCEPTION_LABEL_LIMIT": ("exception_label_limit", _int_range(1, 10_000)),
+    "CAPTURE_USER": ("capture_user", _capture_user),
+    "ANONYMIZE_IP": ("anonymize_ip", _anonymize_ip),
+    "ANONYMIZE_IP_KEY": ("anonymize_ip_key", _secret),
+    "GEOIP_DB": ("geoip_db", _optional_str),
+    "QUEUE_SIZE": ("queue_size", _int_range(1, 10_000_000)),
+    "BATCH_SIZE": ("batch_size", _int_range(1, 100_000)),
+    "FLUSH_INTERVAL": ("flush_interval", _positive_seconds),
+    "SYNC_WRITES": ("sync_writes", _bool),
+    "OTEL": ("otel", _optional_bool),
+    "OTEL_METRICS": ("otel_metrics", _optional_bool),
+    "OTEL_CAPTURE_USER": ("otel_capture_user", _bool),
+    "OTEL_EXPORTER": ("otel_exporter", _otel_exporter),
+}
+
+# Flask-Track-Usage's keys: accepted so an existing config keeps working.
+_LEGACY_KEYS = frozenset({"USE_FREEGEOIP", "FREEGEOIP_ENDPOINT", "COOKIE"})
+
+KNOWN_KEYS: frozenset[str] = frozenset(PREFIX + k for k in (*_KEYS, *_LEGACY_KEYS))
+
+
+def load_settings(config: Mapping[str, Any]) -> Settings:
+    """Validate every ``TRACK_USAGE_*`` key of a Flask config and return the settings.
+
+    :param config: the app's ``app.config`` (any mapping).
+    :raises ConfigError: a key has a value of the wrong type or out of range;
+        the message starts with the key's name.
+    """
+    values: dict[str, Any] = {}
+    for suffix, (field_name, parse) in _KEYS.items():
+        key = PREFIX + suffix
+        if key in config:
+            values[field_name] = parse(key, config[key])
+
+    if values.get("anonymize_ip") == "hash" and not values.get("anonymize_ip_key"):
+        raise ConfigError(
+            PREFIX + "ANONYMIZE_IP_KEY",
+            "is required when TRACK_USAGE_ANONYMIZE_IP is 'hash' (a secret key for the keyed hash)",
+        )
+    defaults = Settings()
+    if values.get("batch_size", defaults.batch_size) > values.get("queue_size", defaults.queue_size):
+        raise ConfigError(PREFIX + "BATCH_SIZE", "must not be larger than TRACK_USAGE_QUEUE_SIZE")
+    patterns = values.get("exclude_paths")
+    if patterns:
+        # One alternation compiled once: a single C-level match per request.
+        values["exclude_paths_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    _warn_about_legacy_and_unknown_keys(config)
+    return Settings(**values)
+
+
+def _warn_about_legacy_and_unknown_keys(config: Mapping[str, Any]) -> None:
+    if _bool(PREFIX + "USE_FREEGEOIP", config.get(PREFIX + "USE_FREEGEOIP", False)):
+        warnings.warn(
+            "TRACK_USAGE_USE_FREEGEOIP is replaced by TRACK_USAGE_GEOIP_DB: a local MaxMind-format "
+            "database, so no request ever waits on a third-party lookup; the old key is ignored",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+    if config.get(PREFIX + "COOKIE"):
+        warnings.warn(
+            "TRACK_USAGE_COOKIE was never implemented by Flask-Track-Usage and has no effect",
+            UserWarning,
+            stacklevel=4,
+        )
+    for key in config:
+        if isinstance(key, str) and key.startswith(PREFIX) and key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.warn(f"unknown setting {key}{hint}", UserWarning, stacklevel=4)

@@ -1,0 +1,121 @@
+"""``UsageRecord``: the facts of one tracked request, built once and shared by every sink.
+
+The request thread stores raw values only (strings straight from the WSGI
+environ, numbers from one clock read); everything derived (the full URL, parsed
+query arguments, the parsed user agent, the datetime) is a property computed on
+demand, usually by the storage writer on its own thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from .useragent import UserAgentInfo, parse_user_agent
+
+UNMATCHED_ROUTE = "<unmatched>"
+"""The ``route`` label and field of requests that matched no URL rule (404, 405, redirects)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One request as the tracking saw it.
+
+    Field names follow Flask-Track-Usage's where it had one (``url``, ``speed``,
+    ``view_args``, ``track_var``, ...).
+    """
+
+    timestamp: float
+    """When the request started, seconds since the epoch (UTC)."""
+    speed: float
+    """Seconds from the first ``before_request`` to the end of the response body (monotonic clock)."""
+    method: str
+    """The HTTP method, upper case, as sent (metric labels normalise unknown methods to ``_OTHER``)."""
+    scheme: str
+    host: str
+    script_root: str
+    path: str
+    query_string: str
+    route: str
+    """The URL rule template (``/items/<int:item_id>``), or ``UNMATCHED_ROUTE``."""
+    endpoint: str | None
+    blueprint: str | None
+    view_args: Mapping[str, Any]
+    status: int
+    content_length: int | None
+    """Size of the request body, from ``Content-Length``."""
+    response_size: int | None
+    """Size of the response body when known before it is sent."""
+    remote_addr: str | None
+    xforwardedfor: str | None
+    user_agent: str | None
+    """The raw ``User-Agent`` header; parsed parts are in ``ua``."""
+    accept_language: str | None
+    authorization: bool
+    """Whether an ``Authorization`` header was present; the header itself is never kept."""
+    username: str | None
+    server_name: str
+    protocol: str
+    track_var: Mapping[str, Any]
+    exception: str | None = None
+    """Class name of an exception the view raised and nothing handled."""
+    trace_id: str | None = None
+    span_id: str | None = None
+    ip_info: Mapping[str, Any] | None = None
+
+    @property
+    def date(self) -> datetime:
+        """When the request started, as a timezone-aware UTC datetime."""
+        return datetime.fromtimestamp(self.timestamp, timezone.utc)
+
+    @property
+    def url(self) -> str:
+        """The full URL, as Flask's ``request.url`` would give it."""
+        url = f"{self.scheme}://{self.host}{quote(self.script_root)}{quote(self.path, safe='/:@!$&()*+,;=~')}"
+        return f"{url}?{self.query_string}" if self.query_string else url
+
+    @property
+    def url_args(self) -> dict[str, str]:
+        """The query arguments (the first value of each), as ``request.args`` gives them."""
+        args: dict[str, str] = {}
+        for key, value in parse_qsl(self.query_string, keep_blank_values=True, errors="replace"):
+            args.setdefault(key, value)
+        return args
+
+    @property
+    def ua(self) -> UserAgentInfo:
+        """The user agent parsed into browser, platform and version (best effort)."""
+        return parse_user_agent(self.user_agent)
+
+    @property
+    def language(self) -> str | None:
+        """The client's preferred language: the first tag of ``Accept-Language``."""
+        return first_language(self.accept_language)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's fields plus its derived values, JSON-friendly except ``date``."""
+        data = asdict(self)
+        ua = self.ua
+        data.update(
+            date=self.date,
+            url=self.url,
+            url_args=self.url_args,
+            language=self.language,
+            ua_browser=ua.browser,
+            ua_platform=ua.platform,
+            ua_version=ua.version,
+        )
+        return data
+
+
+def first_language(accept_language: str | None) -> str | None:
+    """The first language tag of an ``Accept-Language`` value, or None when there is none."""
+    if not accept_language:
+        return None
+    tag = accept_language.split(",", 1)[0].split(";", 1)[0].strip()
+    if not tag or tag == "*" or len(tag) > 35 or not all(c.isalnum() or c == "-" for c in tag):
+        return None
+    return tag

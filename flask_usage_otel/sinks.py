@@ -1,0 +1,110 @@
+"""The contract between the request hooks and what consumes a request: ``Sink``.
+
+A sink overrides only the steps it needs; the hooks call a step only on the
+sinks that override it, so an unused step costs nothing per request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Request
+
+    from .record import UsageRecord
+
+
+class RequestState:
+    """What the hooks know about one tracked request while it is in flight.
+
+    Mutable and private to one request; sinks may keep their own per-request
+    objects in the slots reserved for them (``span``, ``context_token``).
+    """
+
+    __slots__ = (
+        "blueprint",
+        "context_token",
+        "endpoint",
+        "exception",
+        "finished",
+        "method",
+        "method_label",
+        "request",
+        "response_size",
+        "route",
+        "sampled",
+        "span",
+        "span_id",
+        "start",
+        "status",
+        "streamed",
+        "timestamp",
+        "trace_id",
+        "track_var",
+        "username",
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        start: float,
+        timestamp: float,
+        method: str,
+        method_label: str,
+        endpoint: str | None,
+        route: str,
+        blueprint: str | None,
+    ) -> None:
+        self.request = request
+        self.start = start
+        self.timestamp = timestamp
+        self.method = method
+        self.method_label = method_label
+        self.endpoint = endpoint
+        self.route = route
+        self.blueprint = blueprint
+        self.status: int | None = None
+        self.response_size: int | None = None
+        self.username: str | None = None
+        self.track_var: dict[str, Any] | None = None
+        self.exception: str | None = None
+        self.streamed = False
+        self.finished = False
+        self.span: Any = None
+        self.context_token: Any = None
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.sampled = False
+
+
+class Sink:
+    """Base class of everything that consumes tracked requests. Every step is optional.
+
+    Steps run on the request thread, except ``finish`` of a streamed response,
+    which runs wherever the WSGI server closes the body. A step must not block:
+    anything slow belongs behind a ``BatchWriter``. An exception from a step is
+    logged and counted by the hooks and never reaches the request.
+    """
+
+    name = "sink"
+
+    def start(self, state: RequestState) -> None:
+        """The request was accepted for tracking (first ``before_request``)."""
+
+    def teardown(self, state: RequestState, exc: BaseException | None) -> None:
+        """The request context is being torn down (before a streamed body is sent)."""
+
+    def finish(self, record: UsageRecord, state: RequestState) -> None:
+        """The response body was sent (or the request failed): the record is final."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write out anything buffered; True when nothing is left."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush and release resources; called at interpreter exit."""
+
+
+def overrides(sink: Sink, step: str) -> bool:
+    """Whether ``sink`` implements ``step`` itself rather than inheriting the no-op."""
+    return getattr(type(sink), step) is not getattr(Sink, step)

@@ -1,0 +1,71 @@
+"""A small, dependency-free user-agent parser for the browser, platform and version.
+
+Werkzeug dropped its parser in 2.1, which is why Flask-Track-Usage's ``ua_*``
+columns became empty. This one covers the common browsers and bots with a few
+ordered patterns; it runs on the storage writer's thread, never per request.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import NamedTuple
+
+
+class UserAgentInfo(NamedTuple):
+    browser: str | None
+    platform: str | None
+    version: str | None
+
+
+_MAX_PARSED_LENGTH = 512  # longer strings are cut first: the regexes stay linear and cheap
+
+# Order matters: Edge and Opera also say "Chrome", Chrome also says "Safari".
+_BROWSERS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("edge", r"Edg(?:e|A|iOS)?/([\d.]+)"),
+        ("opera", r"(?:OPR|Opera)/([\d.]+)"),
+        ("samsungbrowser", r"SamsungBrowser/([\d.]+)"),
+        ("firefox", r"(?:Firefox|FxiOS)/([\d.]+)"),
+        ("chrome", r"(?:Chrome|CriOS)/([\d.]+)"),
+        ("safari", r"Version/([\d.]+).*Safari/"),
+        ("msie", r"(?:MSIE |Trident/.*rv:)([\d.]+)"),
+        ("googlebot", r"Googlebot/([\d.]+)"),
+        ("bingbot", r"bingbot/([\d.]+)"),
+        ("curl", r"^curl/([\d.]+)"),
+        ("wget", r"^Wget/([\d.]+)"),
+        ("python-requests", r"python-requests/([\d.]+)"),
+        ("python-httpx", r"python-httpx/([\d.]+)"),
+        ("werkzeug", r"Werkzeug/([\d.]+)"),
+    )
+)
+
+_PLATFORMS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("android", r"Android"),
+        ("iphone", r"iPhone"),
+        ("ipad", r"iPad"),
+        ("windows", r"Windows"),
+        ("macos", r"Macintosh|Mac OS X"),
+        ("chromeos", r"CrOS"),
+        ("linux", r"Linux|X11"),
+    )
+)
+
+
+@lru_cache(maxsize=1024)
+def parse_user_agent(user_agent: str | None) -> UserAgentInfo:
+    """Parse a ``User-Agent`` header into (browser, platform, version); unknown parts are None."""
+    if not user_agent:
+        return UserAgentInfo(None, None, None)
+    text = user_agent[:_MAX_PARSED_LENGTH]
+    browser = version = None
+    for name, pattern in _BROWSERS:
+        match = pattern.search(text)
+        if match:
+            browser, version = name, match.group(1)
+            break
+    platform = next((name for name, pattern in _PLATFORMS if pattern.search(text)), None)
+    return UserAgentInfo(browser, platform, version)
