@@ -1,0 +1,68 @@
+"""Helpers shared by the whole suite: the test app and a reader for the request counter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, abort
+from prometheus_client import CollectorRegistry
+
+
+def build_app(config: dict[str, Any] | None = None) -> Flask:
+    """A small app with a plain route, a converter route, a blueprint, errors and a stream."""
+    app = Flask("tracked")
+    app.config.update(config or {})
+
+    @app.route("/")
+    def index() -> str:
+        return "home"
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
+    @app.route("/boom")
+    def boom() -> str:
+        raise ValueError("deliberate")
+
+    @app.route("/forbidden")
+    def forbidden() -> str:
+        abort(403)
+
+    @app.route("/stream")
+    def stream() -> Response:
+        return Response(iter(["a", "b", "c"]), mimetype="text/plain")
+
+    shop = Blueprint("shop", __name__, url_prefix="/shop")
+
+    @shop.route("/cart")
+    def cart() -> str:
+        return "cart"
+
+    app.register_blueprint(shop)
+    return app
+
+
+class Requests:
+    """Reads the request counter of a registry: ``count(route=..., status=...)``."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "flask_usage_") -> None:
+        self.registry = registry
+        self.prefix = prefix
+
+    def count(self, **labels: str) -> float:
+        """Sum of ``requests_total`` over the series matching ``labels``."""
+        return self._sum("requests_total", labels)
+
+    def series(self, metric: str = "requests_total") -> list[dict[str, str]]:
+        name = self.prefix + metric
+        return [s.labels for m in self.registry.collect() for s in m.samples if s.name == name]
+
+    def _sum(self, metric: str, labels: dict[str, str]) -> float:
+        name = self.prefix + metric
+        return sum(
+            s.value
+            for m in self.registry.collect()
+            for s in m.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )

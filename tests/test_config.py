@@ -1,0 +1,140 @@
+"""Settings are validated once at init_app; a bad value names its key."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from flask import Flask
+from prometheus_client import CollectorRegistry
+
+from flask_usage_otel import ConfigError, TrackUsage
+from flask_usage_otel.config import DEFAULT_BUCKETS, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.include_or_exclude_views == "exclude"
+    assert settings.metrics_path == "/metrics"
+    assert settings.metrics_prefix == "flask_usage_"
+    assert settings.buckets == DEFAULT_BUCKETS
+    assert settings.exclude_paths_re is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("TRACK_USAGE_INCLUDE_OR_EXCLUDE_VIEWS", "both"),
+        ("TRACK_USAGE_INCLUDE_OR_EXCLUDE_VIEWS", None),
+        ("TRACK_USAGE_EXCLUDE_PATHS", "/healthz"),
+        ("TRACK_USAGE_EXCLUDE_PATHS", ["(unclosed"]),
+        ("TRACK_USAGE_EXCLUDE_PATHS", [3]),
+        ("TRACK_USAGE_METRICS_PREFIX", "my-app"),
+        ("TRACK_USAGE_BUCKETS", [0.5, 0.1]),
+        ("TRACK_USAGE_BUCKETS", []),
+        ("TRACK_USAGE_BUCKETS", "0.1,0.2"),
+        ("TRACK_USAGE_BUCKETS", [0, 1]),
+        ("TRACK_USAGE_BUCKETS", [float("nan")]),
+        ("TRACK_USAGE_METRICS_PATH", "metrics"),
+        ("TRACK_USAGE_METRICS_PATH", "/metrics/<x>"),
+        ("TRACK_USAGE_METRICS_AUTH", 42),
+        ("TRACK_USAGE_METRICS_AUTH", ("user",)),
+        ("TRACK_USAGE_METRICS_AUTH", ("us:er", "pw")),
+        ("TRACK_USAGE_PROMETHEUS", "maybe"),
+        ("TRACK_USAGE_EXCEPTION_LABEL_LIMIT", 0),
+        ("TRACK_USAGE_QUEUE_SIZE", -1),
+        ("TRACK_USAGE_BATCH_SIZE", 1.5),
+        ("TRACK_USAGE_FLUSH_INTERVAL", 0),
+        ("TRACK_USAGE_SYNC_WRITES", "perhaps"),
+        ("TRACK_USAGE_CAPTURE_USER", "email"),
+        ("TRACK_USAGE_ANONYMIZE_IP", "scramble"),
+        ("TRACK_USAGE_OTEL_EXPORTER", "zipkin"),
+    ],
+)
+def test_bad_value_fails_at_init_app_naming_the_key(key: str, value: object) -> None:
+    app = Flask("bad")
+    app.config[key] = value
+    with pytest.raises(ConfigError) as info:
+        TrackUsage(app, registry=CollectorRegistry())
+    assert str(info.value).startswith(key)
+    assert info.value.key == key
+    assert "track_usage" not in app.extensions
+
+
+def test_mode_error_lists_allowed_values() -> None:
+    with pytest.raises(ConfigError, match=r"'include', 'exclude'.*'both'"):
+        load_settings({"TRACK_USAGE_INCLUDE_OR_EXCLUDE_VIEWS": "both"})
+
+
+def test_batch_larger_than_queue_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TRACK_USAGE_BATCH_SIZE"):
+        load_settings({"TRACK_USAGE_QUEUE_SIZE": 10, "TRACK_USAGE_BATCH_SIZE": 20})
+
+
+def test_hash_anonymisation_needs_a_key() -> None:
+    with pytest.raises(ConfigError, match="TRACK_USAGE_ANONYMIZE_IP_KEY"):
+        load_settings({"TRACK_USAGE_ANONYMIZE_IP": "hash"})
+    assert (
+        load_settings({"TRACK_USAGE_ANONYMIZE_IP": "hash", "TRACK_USAGE_ANONYMIZE_IP_KEY": "s"}).anonymize_ip == "hash"
+    )
+
+
+def test_good_values_are_normalised() -> None:
+    settings = load_settings(
+        {
+            "TRACK_USAGE_INCLUDE_OR_EXCLUDE_VIEWS": "INCLUDE",
+            "TRACK_USAGE_BUCKETS": [0.1, 1, float("inf")],
+            "TRACK_USAGE_METRICS_PATH": None,
+            "TRACK_USAGE_METRICS_AUTH": ["scraper", "secret"],
+            "TRACK_USAGE_SYNC_WRITES": "true",
+            "TRACK_USAGE_CAPTURE_USER": "off",
+            "TRACK_USAGE_EXCLUDE_PATHS": [r"/healthz", r"/static/.*"],
+        }
+    )
+    assert settings.include_or_exclude_views == "include"
+    assert settings.buckets == (0.1, 1.0)
+    assert settings.metrics_path is None
+    assert settings.metrics_auth == ("scraper", "secret")
+    assert settings.sync_writes is True
+    assert settings.capture_user is None
+    assert settings.exclude_paths_re is not None
+    assert settings.exclude_paths_re.fullmatch("/static/app.css")
+    assert not settings.exclude_paths_re.fullmatch("/healthz/deep")
+
+
+def test_unknown_key_warns_with_the_closest_name() -> None:
+    with pytest.warns(UserWarning, match="TRACK_USAGE_EXCLUDE_PATH.*did you mean TRACK_USAGE_EXCLUDE_PATHS"):
+        load_settings({"TRACK_USAGE_EXCLUDE_PATH": ["/x"]})
+
+
+def test_flask_track_usage_keys_are_accepted() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_settings({"TRACK_USAGE_USE_FREEGEOIP": False, "TRACK_USAGE_FREEGEOIP_ENDPOINT": "http://x/{ip}"})
+    with pytest.warns(DeprecationWarning, match="TRACK_USAGE_GEOIP_DB"):
+        load_settings({"TRACK_USAGE_USE_FREEGEOIP": True})
+    with pytest.warns(UserWarning, match="TRACK_USAGE_COOKIE"):
+        load_settings({"TRACK_USAGE_COOKIE": True})
+
+
+def test_second_init_app_is_refused() -> None:
+    app = Flask("twice")
+    tracker = TrackUsage(app, registry=CollectorRegistry())
+    with pytest.raises(RuntimeError, match="already registered"):
+        tracker.init_app(app)
+
+
+def test_metrics_path_clash_with_a_route_is_refused() -> None:
+    app = Flask("clash")
+    app.add_url_rule("/metrics", "mine", lambda: "mine")
+    with pytest.raises(ConfigError, match="TRACK_USAGE_METRICS_PATH"):
+        TrackUsage(app, registry=CollectorRegistry())
+
+
+def test_one_registry_two_bucket_layouts_is_refused() -> None:
+    registry = CollectorRegistry()
+    TrackUsage(Flask("a"), registry=registry)
+    other = Flask("b")
+    other.config["TRACK_USAGE_BUCKETS"] = [1, 2]
+    with pytest.raises(ConfigError, match="TRACK_USAGE_BUCKETS"):
+        TrackUsage(other, registry=registry)

@@ -1,0 +1,205 @@
+"""Prometheus metrics: names, labels, bounded cardinality, /metrics formats and auth."""
+
+from __future__ import annotations
+
+import base64
+import random
+import string
+from typing import Any
+
+import pytest
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from flask_usage_otel import TrackUsage
+from flask_usage_otel.prometheus import method_label
+from tests.conftest import Requests, build_app
+
+
+def _tracked(**config: Any) -> tuple[Flask, CollectorRegistry]:
+    registry = CollectorRegistry()
+    app = build_app(config)
+    TrackUsage(app, registry=registry)
+    return app, registry
+
+
+def test_metric_names_and_labels() -> None:
+    app, registry = _tracked()
+    client = app.test_client()
+    client.get("/items/7")
+    client.get("/shop/cart")
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))}
+    assert {
+        "flask_usage_requests",
+        "flask_usage_request_duration_seconds",
+        "flask_usage_response_size_bytes",
+        "flask_usage_requests_in_progress",
+        "flask_usage_request_exceptions",
+        "flask_usage_info",
+    } <= set(families)
+    assert families["flask_usage_requests"].type == "counter"
+    assert families["flask_usage_request_duration_seconds"].type == "histogram"
+    samples = [s for s in families["flask_usage_requests"].samples if s.name == "flask_usage_requests_total"]
+    assert sorted(
+        (s.labels["route"], s.labels["blueprint"], s.labels["method"], s.labels["status"]) for s in samples
+    ) == [
+        ("/items/<int:item_id>", "", "GET", "200"),
+        ("/shop/cart", "shop", "GET", "200"),
+    ]
+    buckets = [
+        s.labels["le"]
+        for s in families["flask_usage_request_duration_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["route"] == "/shop/cart"
+    ]
+    assert buckets[:3] == ["0.005", "0.01", "0.025"]
+    assert buckets[-2:] == ["10.0", "+Inf"]
+    size = registry.get_sample_value(
+        "flask_usage_response_size_bytes_sum",
+        {"method": "GET", "route": "/shop/cart", "blueprint": "shop", "status": "200"},
+    )
+    assert size == len("cart")
+
+
+def test_prefix_and_buckets_are_configurable() -> None:
+    app, registry = _tracked(TRACK_USAGE_METRICS_PREFIX="shop_", TRACK_USAGE_BUCKETS=[0.1, 1])
+    app.test_client().get("/")
+    labels = {"method": "GET", "route": "/", "blueprint": "", "status": "200"}
+    assert registry.get_sample_value("shop_requests_total", labels) == 1
+    assert registry.get_sample_value("shop_request_duration_seconds_bucket", {**labels, "le": "1.0"}) == 1
+    assert registry.get_sample_value("flask_usage_requests_total", labels) is None
+
+
+def test_random_paths_and_methods_do_not_explode_cardinality() -> None:
+    app, registry = _tracked()
+    client = app.test_client()
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "-_.~%"
+    methods = ["GET", "POST", "PROPFIND", "BREW", "get", "X" * 50]
+    for _ in range(10_000):
+        path = "/" + "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        client.open(path, method=rng.choice(methods))
+    series = Requests(registry).series()
+    assert Requests(registry).count() == 10_000
+    assert len(series) <= 6, series
+    assert {s["route"] for s in series} <= {"<unmatched>", "/"}
+    assert {s["method"] for s in series} <= {"GET", "POST", "_OTHER"}
+
+
+@pytest.mark.parametrize(
+    ("method", "label"), [("GET", "GET"), ("PATCH", "PATCH"), ("QUERY", "QUERY"), ("get", "_OTHER"), ("BREW", "_OTHER")]
+)
+def test_method_label(method: str, label: str) -> None:
+    assert method_label(method) == label
+
+
+def test_exception_label_is_bounded() -> None:
+    app, registry = _tracked(TRACK_USAGE_EXCEPTION_LABEL_LIMIT=2)
+    kinds = [type(f"Error{i}", (Exception,), {}) for i in range(5)]
+
+    @app.route("/raise/<int:n>")
+    def raise_n(n: int) -> str:
+        raise kinds[n]()
+
+    client = app.test_client()
+    for n in range(5):
+        client.get(f"/raise/{n}")
+    labels = {
+        s.labels["exception"] for m in registry.collect() for s in m.samples if s.name.endswith("exceptions_total")
+    }
+    assert labels == {"Error0", "Error1", "_OTHER"}
+
+
+def test_openmetrics_when_the_scraper_asks() -> None:
+    app, _ = _tracked()
+    client = app.test_client()
+    client.get("/")
+    plain = client.get("/metrics")
+    assert plain.content_type.startswith("text/plain; version=0.0.4")
+    assert b"# EOF" not in plain.data
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+    assert om.content_type.startswith("application/openmetrics-text")
+    assert om.data.endswith(b"# EOF\n")
+    assert b'flask_usage_requests_total{blueprint="",method="GET",route="/",status="200"} 1.0' in om.data
+
+
+def test_metrics_path_is_configurable_or_off() -> None:
+    app, _ = _tracked(TRACK_USAGE_METRICS_PATH="/internal/prom")
+    assert app.test_client().get("/internal/prom").status_code == 200
+    assert app.test_client().get("/metrics").status_code == 404
+    app, _ = _tracked(TRACK_USAGE_METRICS_PATH=None)
+    assert "track_usage_metrics" not in app.view_functions
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize(
+    ("auth", "good", "bad"),
+    [
+        ("s3cret-token", {"Authorization": "Bearer s3cret-token"}, {"Authorization": "Bearer s3cret-tokeN"}),
+        ("s3cret-token", {"Authorization": "bearer s3cret-token"}, {"Authorization": "Basic s3cret-token"}),
+        (("scraper", "pw"), _basic("scraper", "pw"), _basic("scraper", "pW")),
+        (("scraper", "pw"), _basic("scraper", "pw"), _basic("scrapeR", "pw")),
+        (("scraper", "pw"), _basic("scraper", "pw"), {"Authorization": "Basic !!!not-base64"}),
+        (lambda req: req.headers.get("X-Scraper") == "yes", {"X-Scraper": "yes"}, {"X-Scraper": "no"}),
+    ],
+)
+def test_metrics_auth(auth: Any, good: dict[str, str], bad: dict[str, str]) -> None:
+    app, _ = _tracked(TRACK_USAGE_METRICS_AUTH=auth)
+    client = app.test_client()
+    client.get("/")
+    for headers in (bad, {}):
+        denied = client.get("/metrics", headers=headers)
+        assert denied.status_code == 401
+        assert b"flask_usage" not in denied.data
+        assert denied.headers["WWW-Authenticate"]
+    allowed = client.get("/metrics", headers=good)
+    assert allowed.status_code == 200
+    assert b"flask_usage_requests_total" in allowed.data
+
+
+def test_failing_auth_callable_refuses() -> None:
+    def broken(req: Any) -> bool:
+        raise RuntimeError("auth backend down")
+
+    app, _ = _tracked(TRACK_USAGE_METRICS_AUTH=broken)
+    assert app.test_client().get("/metrics").status_code == 401
+
+
+def test_auth_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    from flask_usage_otel import prometheus
+
+    calls: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(prometheus.hmac, "compare_digest", spy)
+    app, _ = _tracked(TRACK_USAGE_METRICS_AUTH=("scraper", "pw"))
+    app.test_client().get("/metrics", headers=_basic("intruder", "pw"))
+    assert calls == [(b"intruder", b"scraper"), (b"pw", b"pw")], "both parts compared, each with compare_digest"
+
+
+def test_two_trackers_on_one_registry_share_metrics() -> None:
+    registry = CollectorRegistry()
+    first, second = build_app(), build_app()
+    TrackUsage(first, registry=registry)
+    TrackUsage(second, registry=registry)
+    first.test_client().get("/")
+    second.test_client().get("/")
+    assert Requests(registry).count(route="/") == 2
+
+
+def test_prometheus_can_be_turned_off() -> None:
+    registry = CollectorRegistry()
+    app = build_app({"TRACK_USAGE_PROMETHEUS": False})
+    TrackUsage(app, registry=registry)
+    app.test_client().get("/")
+    assert list(registry.collect()) == []
+    assert app.test_client().get("/metrics").status_code == 404
