@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, has_app_context, request
 from werkzeug.wsgi import ClosingIterator
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter, blueprint_of, path_is_excluded
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
-from .record import UNMATCHED_ROUTE, UsageRecord
+from .record import UNMATCHED_ROUTE
 from .sinks import RequestState, Sink, overrides
 
 if TYPE_CHECKING:
@@ -62,12 +62,39 @@ class _AppTracker:
         self._finishers = [s for s in self.sinks if overrides(s, "finish")]
         self._exclude_re = self.settings.exclude_paths_re
         self._capture_user = self.settings.capture_user
+        # The user and g.track_var are read only when a sink will build the record.
+        self._wants_details = any(s.uses_record for s in self.sinks)
 
     # -- hooks ------------------------------------------------------------------------
 
+    # Each hook guards its whole body: a bug in the tracking must cost the request its
+    # record, never its response. A try block costs nothing until something raises.
+
     def before_request(self) -> None:
+        try:
+            self._start(request._get_current_object())  # type: ignore[attr-defined]
+        except Exception:
+            self._hook_failed("before_request")
+
+    def after_request(self, response: Response) -> Response:
+        try:
+            state: RequestState | None = getattr(request._get_current_object(), _STATE_ATTR, None)  # type: ignore[attr-defined]
+            if state is not None and not state.finished:
+                self._respond(state, response)
+        except Exception:
+            self._hook_failed("after_request")
+        return response
+
+    def teardown_request(self, exc: BaseException | None) -> None:
+        try:
+            state: RequestState | None = getattr(request._get_current_object(), _STATE_ATTR, None)  # type: ignore[attr-defined]
+            if state is not None and not state.finished:
+                self._tear_down(state, exc)
+        except Exception:
+            self._hook_failed("teardown_request")
+
+    def _start(self, req: Request) -> None:
         start = time.perf_counter()
-        req = request._get_current_object()  # type: ignore[attr-defined]
         rule = req.url_rule
         if rule is None:
             endpoint, route = None, UNMATCHED_ROUTE
@@ -79,48 +106,50 @@ class _AppTracker:
         if not info.tracked or (self._exclude_re is not None and path_is_excluded(self._exclude_re, req.path)):
             return
         method = req.method
-        state = RequestState(req, start, time.time(), method, method_label(method), endpoint, route, info.blueprint)
+        state = RequestState(
+            req, start, time.time(), method, method_label(method), endpoint, route, info.blueprint, self.server_name
+        )
         setattr(req, _STATE_ATTR, state)
         for sink in self._starters:
-            self._call(sink, sink.start, state)
+            try:
+                sink.start(state)
+            except Exception:
+                self._sink_failed(sink)
 
-    def after_request(self, response: Response) -> Response:
-        state: RequestState | None = getattr(request._get_current_object(), _STATE_ATTR, None)  # type: ignore[attr-defined]
-        if state is None or state.finished:
-            return response
+    def _respond(self, state: RequestState, response: Response) -> None:
         state.status = response.status_code
         state.response_size = response.content_length
-        state.track_var = g.get("track_var")
-        if self._capture_user is not None:
-            state.username = self._username(state)
+        if self._wants_details:
+            self._capture_details(state)
         if response.status_code >= 400 and isinstance(response.response, ClosingIterator):
             # An HTTPException page (404, 405, abort()) that Flask ran as a WSGI app:
             # a few bytes, buffered so the request finishes now like any plain response.
             response.make_sequence()
-        if response.is_streamed and not state.streamed:
+        # A file sent by the server (send_file: direct_passthrough, maybe sendfile()) is
+        # never closed through the Response, and wrapping it would defeat sendfile: such
+        # responses finish at teardown like plain ones.
+        if response.is_streamed and not response.direct_passthrough and not state.streamed:
             state.streamed = True
             finish = _FinishOnce(self, state)
-            if not response.direct_passthrough:
-                # Time the body, not the view: finish when the iterator is exhausted
-                # or closed, whichever comes first.
-                response.response = _TimedBody(response.response, finish)
+            # Time the body, not the view: finish when the iterator is exhausted or
+            # closed, whichever comes first.
+            response.response = _TimedBody(response.response, finish)
             response.call_on_close(finish)
-        return response
 
-    def teardown_request(self, exc: BaseException | None) -> None:
-        state: RequestState | None = getattr(request._get_current_object(), _STATE_ATTR, None)  # type: ignore[attr-defined]
-        if state is None or state.finished:
-            return
+    def _tear_down(self, state: RequestState, exc: BaseException | None) -> None:
         if exc is not None and state.exception is None:
             state.exception = type(exc).__name__
         for sink in self._teardowners:
-            self._call(sink, sink.teardown, state, exc)
+            try:
+                sink.teardown(state, exc)
+            except Exception:
+                self._sink_failed(sink)
         if state.status is None:
             # after_request never ran: the exception propagated (PROPAGATE_EXCEPTIONS,
             # testing), and the server will answer 500.
             state.status = 500
-            if state.track_var is None:
-                state.track_var = g.get("track_var")
+            if self._wants_details:
+                self._capture_details(state)
             self.finish(state)
         elif not state.streamed:
             self.finish(state)
@@ -128,59 +157,35 @@ class _AppTracker:
     # -- finishing --------------------------------------------------------------------
 
     def finish(self, state: RequestState) -> None:
-        """Build the record and hand it to every sink, exactly once per request."""
+        """Hand the finished request to every sink, exactly once per request."""
         if state.finished:
             return
         state.finished = True
-        speed = time.perf_counter() - state.start
-        req = state.request
-        environ = req.environ
-        record = UsageRecord(
-            timestamp=state.timestamp,
-            speed=speed,
-            method=state.method,
-            scheme=req.scheme,
-            host=req.host,
-            script_root=req.root_path,
-            path=req.path,
-            query_string=_wsgi_text(environ.get("QUERY_STRING")) or "",
-            route=state.route,
-            endpoint=state.endpoint,
-            blueprint=state.blueprint,
-            view_args=req.view_args or {},
-            status=state.status or 500,
-            content_length=req.content_length,
-            response_size=state.response_size,
-            remote_addr=req.remote_addr,
-            xforwardedfor=_wsgi_text(environ.get("HTTP_X_FORWARDED_FOR")),
-            user_agent=_wsgi_text(environ.get("HTTP_USER_AGENT")),
-            accept_language=_wsgi_text(environ.get("HTTP_ACCEPT_LANGUAGE")),
-            authorization="HTTP_AUTHORIZATION" in environ,
-            username=state.username,
-            server_name=self.server_name,
-            protocol=environ.get("SERVER_PROTOCOL", ""),
-            track_var=state.track_var or {},
-            exception=state.exception,
-            trace_id=state.trace_id,
-            span_id=state.span_id,
-        )
+        state.speed = time.perf_counter() - state.start
         for sink in self._finishers:
-            self._call(sink, sink.finish, record, state)
-
-    def _call(self, sink: Sink, step: Callable[..., None], *args: Any) -> None:
-        try:
-            step(*args)
-        except Exception:
-            self._sink_failed(sink)
+            try:
+                sink.finish(state)
+            except Exception:
+                self._sink_failed(sink)
 
     def _sink_failed(self, sink: Sink) -> None:
-        if self.metrics is not None:
-            self.metrics.sink_errors.labels(sink.name).inc()
-        now = time.monotonic()
-        # One traceback per sink per interval: a broken sink must not flood the logs.
-        if now - self._last_error_log.get(sink.name, -_SINK_ERROR_LOG_INTERVAL) >= _SINK_ERROR_LOG_INTERVAL:
-            self._last_error_log[sink.name] = now
-            logger.exception("flask-usage-otel sink %r failed; the request was not affected", sink.name)
+        self._failed(sink.name, f"flask-usage-otel sink {sink.name!r} failed; the request was not affected")
+
+    def _hook_failed(self, hook: str) -> None:
+        self._failed(hook, f"flask-usage-otel {hook} hook failed; the request was served, its record is lost")
+
+    def _failed(self, where: str, message: str) -> None:
+        """Count a failure and log its traceback, at most once per interval per place."""
+        try:
+            if self.metrics is not None:
+                self.metrics.tracking_errors.labels(where).inc()
+            now = time.monotonic()
+            # A broken sink fails on every request: one traceback per interval is enough.
+            if now - self._last_error_log.get(where, -_SINK_ERROR_LOG_INTERVAL) >= _SINK_ERROR_LOG_INTERVAL:
+                self._last_error_log[where] = now
+                logger.exception(message)
+        except Exception:  # logging itself failed (a broken handler): nothing more to do
+            pass
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -190,6 +195,12 @@ class _AppTracker:
         info = _EndpointInfo(tracked, blueprint_of(endpoint))
         self.endpoints[endpoint] = info
         return info
+
+    def _capture_details(self, state: RequestState) -> None:
+        """Read what only the request context can give: ``g.track_var`` and the user."""
+        state.track_var = g.get("track_var")
+        if self._capture_user is not None:
+            state.username = self._username(state)
 
     def _username(self, state: RequestState) -> str | None:
         capture = self._capture_user
@@ -215,16 +226,6 @@ def _default_username(req: Any) -> str | None:
         auth = req.authorization
         return auth.username if auth is not None else None
     return None
-
-
-def _wsgi_text(value: str | None) -> str | None:
-    """A WSGI environ string (bytes decoded as latin-1) as the UTF-8 text the client sent."""
-    if value is None or value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # not a real WSGI string; keep it as it is
-        return value
 
 
 class _FinishOnce:

@@ -25,7 +25,6 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from . import __version__
 from .config import ConfigError, MetricsAuth, Settings
-from .record import UsageRecord
 from .sinks import RequestState, Sink
 
 logger = logging.getLogger(__name__)
@@ -87,10 +86,10 @@ class PrometheusMetrics:
             ("method", "route", "exception"),
             registry=registry,
         )
-        self.sink_errors = Counter(
-            f"{prefix}sink_errors",
-            "Failures inside a tracking sink (the request was served).",
-            ("sink",),
+        self.tracking_errors = Counter(
+            f"{prefix}tracking_errors",
+            "Failures inside the tracking itself, by hook or sink; the request was served all the same.",
+            ("component",),
             registry=registry,
         )
         self.storage_queue_rows = Gauge(
@@ -145,6 +144,7 @@ class PrometheusSink(Sink):
     """Observes each tracked request into the shared metrics."""
 
     name = "prometheus"
+    uses_record = False  # labels and timings all come from the request state
 
     def __init__(self, metrics: PrometheusMetrics, *, exception_label_limit: int, exemplars: bool) -> None:
         self._metrics = metrics
@@ -160,25 +160,26 @@ class PrometheusSink(Sink):
             gauge = self._in_progress[state.method_label] = self._metrics.in_progress.labels(state.method_label)
         gauge.inc()
 
-    def finish(self, record: UsageRecord, state: RequestState) -> None:
+    def finish(self, state: RequestState) -> None:
         self._in_progress[state.method_label].dec()
-        key = (state.method_label, record.route, record.blueprint or "", record.status)
+        status = state.status or 500
+        key = (state.method_label, state.route, state.blueprint or "", status)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._labelled(key)
         requests, duration, size = children
         if self._exemplars and state.sampled:
-            exemplar = {"trace_id": record.trace_id, "span_id": record.span_id}
+            exemplar = {"trace_id": state.trace_id, "span_id": state.span_id}
             requests.inc(1, exemplar)
-            duration.observe(record.speed, exemplar)
+            duration.observe(state.speed, exemplar)
         else:
             requests.inc()
-            duration.observe(record.speed)
-        if record.response_size is not None:
-            size.observe(record.response_size)
-        if record.exception is not None:
+            duration.observe(state.speed)
+        if state.response_size is not None:
+            size.observe(state.response_size)
+        if state.exception is not None:
             self._metrics.exceptions.labels(
-                state.method_label, record.route, self._exception_label(record.exception)
+                state.method_label, state.route, self._exception_label(state.exception)
             ).inc()
 
     def _labelled(self, key: tuple[str, str, str, int]) -> tuple[Any, Any, Any]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .record import UsageRecord, record_from_state
+
 if TYPE_CHECKING:
     from flask import Request
-
-    from .record import UsageRecord
 
 
 class RequestState:
@@ -19,9 +19,12 @@ class RequestState:
 
     Mutable and private to one request; sinks may keep their own per-request
     objects in the slots reserved for them (``span``, ``context_token``).
+    Everything is a raw value so that building it costs next to nothing; the
+    full ``record`` is derived from it only when a sink asks.
     """
 
     __slots__ = (
+        "_record",
         "blueprint",
         "context_token",
         "endpoint",
@@ -33,8 +36,10 @@ class RequestState:
         "response_size",
         "route",
         "sampled",
+        "server_name",
         "span",
         "span_id",
+        "speed",
         "start",
         "status",
         "streamed",
@@ -54,6 +59,7 @@ class RequestState:
         endpoint: str | None,
         route: str,
         blueprint: str | None,
+        server_name: str,
     ) -> None:
         self.request = request
         self.start = start
@@ -75,6 +81,16 @@ class RequestState:
         self.trace_id: str | None = None
         self.span_id: str | None = None
         self.sampled = False
+        self.server_name = server_name
+        self.speed = 0.0
+        self._record: UsageRecord | None = None
+
+    @property
+    def record(self) -> UsageRecord:
+        """The request's ``UsageRecord``, built on first use (only after ``finish`` began)."""
+        if self._record is None:
+            self._record = record_from_state(self)
+        return self._record
 
 
 class Sink:
@@ -87,6 +103,8 @@ class Sink:
     """
 
     name = "sink"
+    uses_record = True
+    """Whether ``finish`` reads ``state.record`` (then the hooks also capture the user and track_var)."""
 
     def start(self, state: RequestState) -> None:
         """The request was accepted for tracking (first ``before_request``)."""
@@ -94,8 +112,13 @@ class Sink:
     def teardown(self, state: RequestState, exc: BaseException | None) -> None:
         """The request context is being torn down (before a streamed body is sent)."""
 
-    def finish(self, record: UsageRecord, state: RequestState) -> None:
-        """The response body was sent (or the request failed): the record is final."""
+    def finish(self, state: RequestState) -> None:
+        """The response body was sent (or the request failed); ``state.speed`` is final.
+
+        ``state.record`` builds the full ``UsageRecord`` on first use; a sink that
+        needs only the labels and timings reads ``state`` and sets ``uses_record``
+        to False, so the record is not built for it.
+        """
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write out anything buffered; True when nothing is left."""

@@ -281,6 +281,23 @@ def test_a_failing_sink_never_fails_the_request(caplog: pytest.LogCaptureFixture
     assert len(failures) <= 1, "a broken sink logs once per interval, not per request"
 
 
+@pytest.mark.parametrize("hook", ["_start", "_respond", "_tear_down"])
+def test_a_bug_in_a_hook_never_fails_the_request(hook: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_usage_otel.extension import _AppTracker
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("tracking bug")
+
+    monkeypatch.setattr(_AppTracker, hook, broken)
+    registry = CollectorRegistry()
+    app = build_app()
+    TrackUsage(app, registry=registry)
+    for path, status in [("/", 200), ("/items/3", 200), ("/nowhere", 404)]:
+        assert app.test_client().get(path).status_code == status
+    component = {"_start": "before_request", "_respond": "after_request", "_tear_down": "teardown_request"}[hook]
+    assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": component}) == 3
+
+
 def test_one_extension_serves_several_apps() -> None:
     registry = CollectorRegistry()
     track = TrackUsage(registry=registry)

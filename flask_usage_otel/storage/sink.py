@@ -9,7 +9,6 @@ from ..sinks import RequestState, Sink
 if TYPE_CHECKING:
     from ..config import Settings
     from ..prometheus import PrometheusMetrics
-    from ..record import UsageRecord
     from .base import Storage
 
 
@@ -22,5 +21,5 @@ class StorageSink(Sink):
         self.storage = storage
         self._metrics = metrics
 
-    def finish(self, record: UsageRecord, state: RequestState) -> None:
-        self.storage.store([record])
+    def finish(self, state: RequestState) -> None:
+        self.storage.store([state.record])

@@ -43,16 +43,16 @@ def free_port() -> int:
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last: Any = None
     while time.monotonic() < deadline:
         try:
-            result = check()
-            if result:
-                return result
+            last = check()
+            if last:
+                return last
         except Exception as exc:  # the server may not be up yet
-            last_error = exc
+            last = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last result: {last!r})")
 
 
 @contextmanager

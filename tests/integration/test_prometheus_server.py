@@ -29,12 +29,17 @@ def test_prometheus_scrapes_per_route_counts() -> None:
                 ("/error", "500"): 2,
             }
 
-            def counts() -> dict[tuple[str, str], float] | None:
-                result = prometheus.query('sum by (route, status) (flask_usage_requests_total{job="app"})')
-                found = {(r["metric"]["route"], r["metric"]["status"]): float(r["value"][1]) for r in result}
-                return found if found == expected else None
+            seen: list[dict[tuple[str, str], float]] = [{}]
 
-            wait_until(counts, 30, f"Prometheus to report {expected}")
+            def counts_match() -> bool:
+                result = prometheus.query('sum by (route, status) (flask_usage_requests_total{job="app"})')
+                seen[0] = {(r["metric"]["route"], r["metric"]["status"]): float(r["value"][1]) for r in result}
+                return seen[0] == expected
+
+            try:
+                wait_until(counts_match, 30, "Prometheus to report the sent counts")
+            finally:
+                assert seen[0] == expected
             assert prometheus.query('count(flask_usage_requests_total{route="/healthz"})') == []
             assert prometheus.query('flask_usage_request_exceptions_total{exception="RuntimeError"}')
 
