@@ -17,8 +17,9 @@ from werkzeug.wsgi import ClosingIterator
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter, blueprint_of, path_is_excluded
+from .privacy import Anonymizer
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
-from .record import UNMATCHED_ROUTE
+from .record import UNMATCHED_ROUTE, RecordContext
 from .sinks import RequestState, Sink, overrides
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class _AppTracker:
     sinks: list[Sink]
     storages: list[Storage]
     metrics: PrometheusMetrics | None
-    server_name: str
+    record_context: RecordContext
     endpoints: dict[str | None, _EndpointInfo] = field(default_factory=dict)
     _last_error_log: dict[str, float] = field(default_factory=dict)
 
@@ -107,7 +108,7 @@ class _AppTracker:
             return
         method = req.method
         state = RequestState(
-            req, start, time.time(), method, method_label(method), endpoint, route, info.blueprint, self.server_name
+            req, start, time.time(), method, method_label(method), endpoint, route, info.blueprint, self.record_context
         )
         setattr(req, _STATE_ATTR, state)
         for sink in self._starters:
@@ -329,7 +330,7 @@ class TrackUsage:
 
             sinks.extend(StorageSink(s, settings, metrics) for s in storages)
 
-        tracker = _AppTracker(settings, self._filter, sinks, storages, metrics, server_name=app.name)
+        tracker = _AppTracker(settings, self._filter, sinks, storages, metrics, _record_context(app, settings))
         with self._lock:
             self._trackers[app] = tracker
         app.extensions[EXTENSION_KEY] = self
@@ -414,6 +415,19 @@ class TrackUsage:
         if len(trackers) != 1:
             raise RuntimeError("several apps are tracked: call this inside an app context (with app.app_context())")
         return trackers[0]
+
+
+def _record_context(app: Flask, settings: Settings) -> RecordContext:
+    anonymizer = Anonymizer(settings.anonymize_ip, settings.anonymize_ip_key) if settings.anonymize_ip else None
+    geoip = None
+    if settings.geoip_db is not None:
+        from .geoip import GeoIP
+
+        try:
+            geoip = GeoIP(settings.geoip_db)
+        except Exception as exc:  # missing file, not a MaxMind DB (InvalidDatabaseError), no permission
+            raise ConfigError("TRACK_USAGE_GEOIP_DB", f"cannot open {settings.geoip_db!r}: {exc}") from None
+    return RecordContext(app.name, anonymizer, geoip)
 
 
 def _as_list(storage: Storage | Sequence[Storage] | None) -> list[Storage]:

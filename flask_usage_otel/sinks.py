@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .record import UsageRecord, record_from_state
+from .record import RecordContext, UsageRecord, record_from_state
 
 if TYPE_CHECKING:
     from flask import Request
@@ -26,6 +26,7 @@ class RequestState:
     __slots__ = (
         "_record",
         "blueprint",
+        "context",
         "context_token",
         "endpoint",
         "exception",
@@ -36,7 +37,6 @@ class RequestState:
         "response_size",
         "route",
         "sampled",
-        "server_name",
         "span",
         "span_id",
         "speed",
@@ -59,7 +59,7 @@ class RequestState:
         endpoint: str | None,
         route: str,
         blueprint: str | None,
-        server_name: str,
+        context: RecordContext,
     ) -> None:
         self.request = request
         self.start = start
@@ -81,7 +81,7 @@ class RequestState:
         self.trace_id: str | None = None
         self.span_id: str | None = None
         self.sampled = False
-        self.server_name = server_name
+        self.context = context
         self.speed = 0.0
         self._record: UsageRecord | None = None
 
