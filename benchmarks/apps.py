@@ -165,12 +165,17 @@ def import_flask_track_usage() -> types.ModuleType:
         raise Unavailable(f"Flask-Track-Usage needs six, which is not installed ({REQUIREMENTS_HINT})") from exc
     import flask
 
-    if not hasattr(flask, "_request_ctx_stack"):
+    # Flask-Track-Usage binds the name at import; take it off flask again so nothing else sees it.
+    shimmed = not hasattr(flask, "_request_ctx_stack")
+    if shimmed:
         flask._request_ctx_stack = _RequestContextStack()  # type: ignore[attr-defined]
     try:
         import flask_track_usage
     except ImportError as exc:
         raise Unavailable(f"Flask-Track-Usage is not importable ({REQUIREMENTS_HINT}): {exc}") from exc
+    finally:
+        if shimmed:
+            del flask._request_ctx_stack  # type: ignore[attr-defined]
     return flask_track_usage
 
 
