@@ -237,6 +237,31 @@ def run_benchmark(
     }
 
 
+def profile(variant_key: str, requests: int, top: int = 30) -> None:
+    """cProfile ``requests`` requests of one variant and print where the time goes."""
+    import cProfile
+    import pstats
+
+    environs = prebuilt_environs()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+    run = prepare(VARIANTS_BY_KEY[variant_key], workdir, environs)
+    try:
+        if run.wsgi is None:
+            raise SystemExit(f"{variant_key} did not run: {run.reason}")
+        drive(run.wsgi, environs, 500)
+        profiler = cProfile.Profile()
+        profiler.runcall(drive, run.wsgi, environs, requests)
+    finally:
+        if run.setup is not None:
+            run.setup.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    stats = pstats.Stats(profiler).strip_dirs()
+    print(f"cProfile of {requests} requests, {variant_key}: by own time")
+    stats.sort_stats("tottime").print_stats(top)
+    print("by cumulative time")
+    stats.sort_stats("cumulative").print_stats(top)
+
+
 def print_results(data: dict[str, Any]) -> None:
     machine = data["machine"]
     settings = data["settings"]
@@ -263,7 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--variants", help=f"comma-separated subset of: {', '.join(VARIANTS_BY_KEY)}")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "requests.json")
+    parser.add_argument("--profile", metavar="VARIANT", help="cProfile one variant (--requests of them) instead")
     args = parser.parse_args(argv)
+    if args.profile:
+        profile(args.profile, args.requests or 20000)
+        return 0
     sizes = dict(QUICK if args.quick else FULL)
     for name in ("rounds", "requests", "warmup"):
         if getattr(args, name) is not None:
