@@ -36,9 +36,12 @@ unit: $(STAMP)
 integration: $(STAMP) services
 	$(BIN)/pytest -m "integration and not slow" -q
 
+# Benchmark-only peers go into the venv here, never into the package's dependencies.
+# `make bench BENCH_ARGS=--quick` for a short run.
 bench: $(STAMP) services
 	$(BIN)/pip install --quiet -r benchmarks/requirements.txt
-	$(BIN)/python benchmarks/run.py
+	@command -v wrk >/dev/null || echo "wrk not found: HTTP load comes from the Python generator (apt-get install wrk)"
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 soak: $(STAMP) services
 	$(BIN)/pytest -m slow -q

@@ -1,0 +1,285 @@
+"""The benchmarked app and every way of tracking it, each built on a fresh app and fresh registries.
+
+A variant's ``setup(app, workdir)`` instruments the app and returns a ``Setup`` (how to drain
+background work and how to clean up), or raises ``Unavailable`` with the reason it cannot run
+here (a package not installed, a part of flask-usage-otel not built yet).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, g, request
+
+# One request of each kind the app serves: the root, a converter route, a blueprint route.
+PATHS = ("/", "/items/42", "/api/status")
+
+REQUIREMENTS_HINT = "pip install -r benchmarks/requirements.txt"
+
+
+class Unavailable(Exception):
+    """This variant cannot run here; the message says why."""
+
+
+def build_app(name: str = "bench") -> Flask:
+    """The three-route app every variant instruments."""
+    app = Flask(name)
+
+    @app.get("/")
+    def index() -> str:
+        return "hello"
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    api = Blueprint("api", name, url_prefix="/api")
+
+    @api.get("/status")
+    def status() -> str:
+        return "ok"
+
+    app.register_blueprint(api)
+    return app
+
+
+@dataclass
+class Setup:
+    """What a variant leaves behind: work to drain after a timed batch, and the clean-up."""
+
+    drain: Callable[[], Any] | None = None
+    cleanups: list[Callable[[], Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception as exc:  # a failed clean-up must not hide the figures
+                print(f"  clean-up failed: {exc!r}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str
+    setup: Callable[[Flask, Path], Setup]
+
+
+# --- peers ------------------------------------------------------------------------------
+
+
+def setup_bare(app: Flask, workdir: Path) -> Setup:
+    return Setup()
+
+
+def setup_prometheus_flask_exporter(app: Flask, workdir: Path) -> Setup:
+    try:
+        from prometheus_client import CollectorRegistry
+        from prometheus_flask_exporter import PrometheusMetrics
+    except ImportError as exc:
+        raise Unavailable(f"prometheus-flask-exporter is not installed ({REQUIREMENTS_HINT}): {exc}") from exc
+    PrometheusMetrics(app, registry=CollectorRegistry())
+    return Setup()
+
+
+def setup_handwritten(app: Flask, workdir: Path) -> Setup:
+    """The pair of hooks a team writes by hand: a labelled Counter and Histogram."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    requests_total = Counter("http_requests_total", "HTTP requests.", ("method", "route", "status"), registry=registry)
+    latency = Histogram("http_request_duration_seconds", "Request latency.", ("method", "route"), registry=registry)
+
+    @app.before_request
+    def start_timer() -> None:
+        g.request_start = time.perf_counter()
+
+    @app.after_request
+    def observe(response: Any) -> Any:
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        requests_total.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(request.method, route).observe(time.perf_counter() - g.request_start)
+        return response
+
+    return Setup()
+
+
+def _tracer_provider() -> Any:
+    """An SDK tracer provider with a batch processor and an exporter that drops everything."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    except ImportError as exc:
+        raise Unavailable(f"opentelemetry-sdk is not installed: {exc}") from exc
+
+    class NoopSpanExporter(SpanExporter):
+        """Accepts every batch and sends it nowhere: the cost measured is the SDK's, not a network's."""
+
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NoopSpanExporter()))
+    return provider
+
+
+def setup_otel_instrumentation(app: Flask, workdir: Path) -> Setup:
+    try:
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    except ImportError as exc:
+        raise Unavailable(f"opentelemetry-instrumentation-flask or the SDK is not installed: {exc}") from exc
+    tracer_provider = _tracer_provider()
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    FlaskInstrumentor.instrument_app(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    return Setup(
+        drain=tracer_provider.force_flush,
+        cleanups=[tracer_provider.shutdown, meter_provider.shutdown, lambda: FlaskInstrumentor.uninstrument_app(app)],
+    )
+
+
+class _RequestContextStack:
+    """Stands in for ``flask._request_ctx_stack`` (removed in Flask 3): ``.top`` is the request context."""
+
+    @property
+    def top(self) -> Any:
+        from flask.globals import _cv_request
+
+        return _cv_request.get(None)
+
+
+def import_flask_track_usage() -> types.ModuleType:
+    """Flask-Track-Usage 2.0, made importable on Flask 3 with the one name it misses."""
+    try:
+        import six  # noqa: F401  (Flask-Track-Usage imports it without depending on it)
+    except ImportError as exc:
+        raise Unavailable(f"Flask-Track-Usage needs six, which is not installed ({REQUIREMENTS_HINT})") from exc
+    import flask
+
+    # Flask-Track-Usage binds the name at import; take it off flask again so nothing else sees it.
+    shimmed = not hasattr(flask, "_request_ctx_stack")
+    if shimmed:
+        flask._request_ctx_stack = _RequestContextStack()  # type: ignore[attr-defined]
+    try:
+        import flask_track_usage
+    except ImportError as exc:
+        raise Unavailable(f"Flask-Track-Usage is not importable ({REQUIREMENTS_HINT}): {exc}") from exc
+    finally:
+        if shimmed:
+            del flask._request_ctx_stack  # type: ignore[attr-defined]
+    return flask_track_usage
+
+
+def setup_flask_track_usage(app: Flask, workdir: Path) -> Setup:
+    flask_track_usage = import_flask_track_usage()
+    from flask_track_usage.storage.sql import SQLStorage as TrackUsageSQLStorage
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{workdir / 'flask_track_usage.db'}")
+    flask_track_usage.TrackUsage(app, [TrackUsageSQLStorage(engine=engine)])
+    return Setup(cleanups=[engine.dispose])
+
+
+# --- ours -------------------------------------------------------------------------------
+
+
+def _track_usage(app: Flask, **kwargs: Any) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from flask_usage_otel import TrackUsage
+
+    return TrackUsage(app, registry=CollectorRegistry(), **kwargs)
+
+
+def setup_ours_prometheus(app: Flask, workdir: Path) -> Setup:
+    _track_usage(app)
+    return Setup()
+
+
+def our_sql_storage(url: str) -> Any:
+    try:
+        from flask_usage_otel import SQLStorage
+    except ImportError as exc:
+        raise Unavailable(f"flask_usage_otel.SQLStorage is not available yet: {exc}") from exc
+    return SQLStorage(conn_str=url)
+
+
+def require_our_otel() -> None:
+    try:
+        import flask_usage_otel.otel  # noqa: F401
+    except ImportError as exc:
+        raise Unavailable(f"flask_usage_otel.otel is not available yet: {exc}") from exc
+
+
+def setup_ours_sql(app: Flask, workdir: Path) -> Setup:
+    storage = our_sql_storage(f"sqlite:///{workdir / 'ours.db'}")
+    # One app per TrackUsage object, so flush() needs no app context.
+    tracker = _track_usage(app, storage=storage)
+    return Setup(drain=tracker.flush, cleanups=[tracker.flush])
+
+
+def setup_ours_everything(app: Flask, workdir: Path) -> Setup:
+    require_our_otel()
+    storage = our_sql_storage(f"sqlite:///{workdir / 'ours_all.db'}")
+    tracer_provider = _tracer_provider()
+    app.config["TRACK_USAGE_OTEL"] = True
+    tracker = _track_usage(app, storage=storage, tracer_provider=tracer_provider)
+
+    def drain() -> None:
+        tracker.flush()
+        tracer_provider.force_flush()
+
+    return Setup(drain=drain, cleanups=[tracer_provider.shutdown, tracker.flush])
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("bare", "bare Flask", setup_bare),
+    Variant("prometheus_flask_exporter", "prometheus_flask_exporter (defaults)", setup_prometheus_flask_exporter),
+    Variant("handwritten", "hand-written prometheus_client pair", setup_handwritten),
+    Variant("otel_instrumentation", "opentelemetry-instrumentation-flask (SDK)", setup_otel_instrumentation),
+    Variant("flask_track_usage", "Flask-Track-Usage 2.0 SQLStorage (SQLite)", setup_flask_track_usage),
+    Variant("ours_prometheus", "ours: Prometheus only", setup_ours_prometheus),
+    Variant("ours_sql", "ours: Prometheus + SQL (SQLite, batched)", setup_ours_sql),
+    Variant("ours_everything", "ours: Prometheus + SQL + OTel spans", setup_ours_everything),
+)
+VARIANTS_BY_KEY = {v.key: v for v in VARIANTS}
+
+
+# --- the app gunicorn serves in bench_http ----------------------------------------------
+
+HTTP_VARIANT_ENV = "BENCH_HTTP_VARIANT"
+HTTP_WORKDIR_ENV = "BENCH_HTTP_WORKDIR"
+HTTP_DB_URL_ENV = "BENCH_HTTP_DB_URL"
+
+
+def http_app() -> Flask:
+    """Gunicorn's app factory: bare, or ours with every part that is available switched on."""
+    app = build_app("bench_http")
+    if os.environ.get(HTTP_VARIANT_ENV, "bare") == "bare":
+        return app
+    from flask_usage_otel import TrackUsage
+
+    workdir = Path(os.environ.get(HTTP_WORKDIR_ENV) or ".")
+    kwargs: dict[str, Any] = {}
+    try:
+        kwargs["storage"] = our_sql_storage(os.environ.get(HTTP_DB_URL_ENV) or f"sqlite:///{workdir / 'http.db'}")
+    except Unavailable as exc:
+        print(f"bench_http: running without SQL storage: {exc}", file=sys.stderr)
+    try:
+        require_our_otel()
+        kwargs["tracer_provider"] = _tracer_provider()
+        app.config["TRACK_USAGE_OTEL"] = True
+    except Unavailable as exc:
+        print(f"bench_http: running without OTel spans: {exc}", file=sys.stderr)
+    # Prometheus in gunicorn's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set by bench_http).
+    TrackUsage(app, **kwargs)
+    return app
