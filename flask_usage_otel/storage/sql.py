@@ -409,28 +409,66 @@ class SQLStorage:
             column equals the value (or one of the values, given a list).
         :raises ValueError: an argument is out of range (end before start, page or limit below 1, ...).
         """
+        query = self._usage_query(
+            start_date,
+            end_date,
+            limit,
+            page,
+            {
+                "endpoint": endpoint,
+                "route": route,
+                "blueprint": blueprint,
+                "status": status,
+                "method": method,
+                "username": username,
+            },
+        )
+        with self.engine.connect() as conn:
+            return [_usage_dict(row._mapping) for row in conn.execute(query)]
+
+    def explain_usage(
+        self,
+        start_date: datetime | date | None = None,
+        end_date: datetime | date | None = None,
+        limit: int = 500,
+        page: int = 1,
+        **filters: Any,
+    ) -> str:
+        """The database's query plan for ``get_usage`` with these arguments (to check an index is used)."""
+        query = self._usage_query(start_date, end_date, limit, page, filters)
+        engine = self.engine
+        compiled = query.compile(dialect=engine.dialect)
+        params: Any = compiled.params
+        if compiled.positional:
+            params = tuple(params[name] for name in compiled.positiontup or ())
+        prefix = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(prefix + compiled.string, params).all()
+        return "\n".join(" ".join(str(value) for value in row) for row in rows)
+
+    def _usage_query(
+        self,
+        start_date: datetime | date | None,
+        end_date: datetime | date | None,
+        limit: int,
+        page: int,
+        filters: Mapping[str, Any],
+    ) -> sa.Select[Any]:
         _check_positive_int("limit", limit)
         _check_positive_int("page", page)
-        filters = {
-            "endpoint": endpoint,
-            "route": route,
-            "blueprint": blueprint,
-            "status": status,
-            "method": method,
-            "username": username,
-        }
+        unknown = set(filters) - set(FILTER_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown filter {sorted(unknown)}; filters are {', '.join(FILTER_COLUMNS)}")
         where = self._where(start_date, end_date, filters)
         state = self._table_state()
         table = self.table
-        query = (
+        return (
             sa.select(*[table.c[name] for name in state.columns])
             .where(*where)
             .order_by(table.c.datetime.desc(), table.c.id.desc())
             .limit(limit)
             .offset((page - 1) * limit)
         )
-        with self.engine.connect() as conn:
-            return [_usage_dict(row._mapping) for row in conn.execute(query)]
 
     def iter_usage(
         self,
