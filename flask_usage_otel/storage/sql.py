@@ -27,6 +27,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import StaticPool
 
+from .base import SUMMARY_BY, SUMMARY_PERIODS
+
 if TYPE_CHECKING:
     from flask import Flask
 
@@ -86,7 +88,7 @@ LEGACY_COLUMNS: tuple[str, ...] = (
 FILTER_COLUMNS: tuple[str, ...] = ("endpoint", "route", "blueprint", "status", "method", "username")
 """Columns ``get_usage`` filters on; each has an index together with ``datetime``."""
 
-SUMMARY_KEYS: dict[str, str] = {
+SUMMARY_COLUMNS: dict[str, str] = {
     "route": "route",
     "url": "url",
     "path": "path",
@@ -100,9 +102,8 @@ SUMMARY_KEYS: dict[str, str] = {
     "status": "status",
     "username": "username",
 }
-"""``get_summary(by=...)`` choices and the column each groups by."""
-
-PERIODS = ("hour", "day", "month")
+"""The column each ``get_summary(by=...)`` choice groups by."""
+assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 _TRUNCATED_JSON_KEY = "_truncated"
@@ -483,18 +484,23 @@ class SQLStorage:
         state = self._table_state()
         table = self.table
         columns = [table.c[name] for name in state.columns]
-        last_id: int | None = None
+        last: tuple[datetime, int] | None = None
         while True:
             conditions = list(where)
-            if last_id is not None:
-                conditions.append(table.c.id > last_id)
-            query = sa.select(*columns).where(*conditions).order_by(table.c.id).limit(chunk_size)
+            if last is not None:  # keyset pagination on (datetime, id): each chunk is an index range scan
+                conditions.append(
+                    sa.or_(
+                        table.c.datetime > last[0],
+                        sa.and_(table.c.datetime == last[0], table.c.id > last[1]),
+                    )
+                )
+            query = sa.select(*columns).where(*conditions).order_by(table.c.datetime, table.c.id).limit(chunk_size)
             with self.engine.connect() as conn:
                 rows = [_usage_dict(row._mapping) for row in conn.execute(query)]
             yield from rows
             if len(rows) < chunk_size:
                 return
-            last_id = rows[-1]["id"]
+            last = (_naive_utc(rows[-1]["date"]), rows[-1]["id"])
 
     def get_summary(
         self,
@@ -505,20 +511,20 @@ class SQLStorage:
     ) -> list[dict[str, Any]]:
         """Hits and bytes per ``by`` value per period, computed with GROUP BY in the database.
 
-        :param by: one of ``SUMMARY_KEYS``: ``route``, ``url``, ``path``, ``endpoint``, ``remote_addr``,
+        :param by: one of ``SUMMARY_BY``: ``route``, ``url``, ``path``, ``endpoint``, ``remote_addr``,
             ``user_agent``, ``browser``, ``platform``, ``language``, ``server``, ``status``, ``username``.
         :param period: ``hour``, ``day`` or ``month``.
         :returns: dicts ``{"period": datetime (UTC, start of the period), by: value, "hits": int,
             "request_bytes": int, "response_bytes": int, "avg_speed": float}``, by period, then most hits first.
         """
-        if by not in SUMMARY_KEYS:
-            raise ValueError(f"by must be one of {', '.join(SUMMARY_KEYS)}, got {by!r}")
-        if period not in PERIODS:
-            raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+        if by not in SUMMARY_COLUMNS:
+            raise ValueError(f"by must be one of {', '.join(SUMMARY_BY)}, got {by!r}")
+        if period not in SUMMARY_PERIODS:
+            raise ValueError(f"period must be one of {', '.join(SUMMARY_PERIODS)}, got {period!r}")
         where = self._where(start_date, end_date, {})
         state = self._table_state()
         table = self.table
-        key_column = SUMMARY_KEYS[by]
+        key_column = SUMMARY_COLUMNS[by]
         if key_column not in state.columns:
             raise ValueError(f"summary by {by!r} needs column {key_column!r}: run `flask usage upgrade-table`")
 
