@@ -278,14 +278,17 @@ class SQLStorage:
 
     def create_table(self) -> None:
         """Create the table and its indexes if they do not exist yet."""
-        try:
-            self.table.create(self.engine, checkfirst=True)
-        except sa_exc.SQLAlchemyError:
-            # Another process may have created it between the check and the CREATE.
-            if not sa.inspect(self.engine).has_table(self.table.name, schema=self.table.schema):
-                raise
+        self._create(self.engine)
         with self._state_lock:
             self._state = None
+
+    def _create(self, engine: sa.Engine) -> None:
+        try:
+            self.table.create(engine, checkfirst=True)
+        except sa_exc.SQLAlchemyError:
+            # Another process may have created it between the check and the CREATE.
+            if not sa.inspect(engine).has_table(self.table.name, schema=self.table.schema):
+                raise
 
     def _table_state(self) -> _TableState:
         state = self._state
@@ -301,11 +304,7 @@ class SQLStorage:
                             f"table {self.table.name!r} does not exist; create it with `flask usage create-tables` "
                             "or SQLStorage(create_tables=True)"
                         )
-                    try:
-                        self.table.create(engine, checkfirst=True)
-                    except sa_exc.SQLAlchemyError:
-                        if not sa.inspect(engine).has_table(self.table.name, schema=self.table.schema):
-                            raise
+                    self._create(engine)
                     inspector = sa.inspect(engine)
                 self._state = _reflect(inspector, self.table)
             return self._state
@@ -558,7 +557,7 @@ class SQLStorage:
         with self.engine.connect() as conn:
             return [
                 {
-                    "period": _period_start(row.period),
+                    "period": _aware(row.period),
                     by: row.key,
                     "hits": int(row.hits),
                     "request_bytes": int(row.request_bytes or 0),
@@ -819,18 +818,16 @@ def _aware(value: Any) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+_PERIOD_FORMATS = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00", "month": "%Y-%m-01 00:00:00"}
+
+
 def _period_expression(dialect: str, period: str, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """The start of the row's hour, day or month: a timestamp on PostgreSQL, ISO text elsewhere."""
     if dialect == "postgresql":
         return sa.func.date_trunc(period, column)
     if dialect in ("mysql", "mariadb"):
-        formats = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00", "month": "%Y-%m-01 00:00:00"}
-        return sa.func.date_format(column, formats[period])
-    formats = {"hour": "%Y-%m-%d %H:00:00", "day": "%Y-%m-%d 00:00:00", "month": "%Y-%m-01 00:00:00"}
-    return sa.func.strftime(formats[period], column)
-
-
-def _period_start(value: Any) -> datetime | None:
-    return _aware(value)
+        return sa.func.date_format(column, _PERIOD_FORMATS[period])
+    return sa.func.strftime(_PERIOD_FORMATS[period], column)
 
 
 # -- argument checks ------------------------------------------------------------------------
