@@ -8,6 +8,25 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..record import UsageRecord
 
+SUMMARY_BY: tuple[str, ...] = (
+    "route",
+    "url",
+    "path",
+    "endpoint",
+    "remote_addr",
+    "user_agent",
+    "browser",
+    "platform",
+    "language",
+    "server",
+    "status",
+    "username",
+)
+"""What ``get_summary(by=...)`` can group rows by."""
+
+SUMMARY_PERIODS: tuple[str, ...] = ("hour", "day", "month")
+"""The periods ``get_summary(period=...)`` can group rows into."""
+
 
 @runtime_checkable
 class Storage(Protocol):
