@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -245,7 +246,9 @@ class OtelSink(Sink):
         status = response.status_code
         attributes["http.response.status_code"] = status
         if status >= 500:
-            attributes["error.type"] = str(status)
+            # Flask builds the 500 for an unhandled exception inside its ``except`` block.
+            raised = sys.exc_info()[0]
+            attributes["error.type"] = raised.__name__ if raised is not None else str(status)
             span.set_status(self._error)
         span.update_name(info.name)
         span.set_attributes(attributes)
