@@ -279,7 +279,7 @@ def test_otel_off_makes_no_span(make_app, exporter):
 
 
 def test_span_names_are_cached_per_route_not_per_path(make_app, exporter):
-    app, t = make_app()
+    app, _ = make_app()
     client = app.test_client()
     for item_id in range(5):
         client.get(f"/items/{item_id}")
