@@ -263,9 +263,12 @@ class OtelSink(Sink):
             self._carrier_keys = tuple(_environ_key(f) for f in fields) if fields else ()
             self._propagator = propagator
         keys = self._carrier_keys
-        if keys and not any(k in environ for k in keys):
-            return None  # the common case: no propagation header, no extract call
-        return propagator.extract(environ, getter=self._getter)
+        if not keys:  # a propagator that does not name its fields: always ask it
+            return propagator.extract(environ, getter=self._getter)
+        for key in keys:
+            if key in environ:
+                return propagator.extract(environ, getter=self._getter)
+        return None  # the common case: no propagation header, no extract call
 
     def _endpoint(self, state: RequestState) -> _EndpointSpan:
         key = (state.method_label, state.endpoint, state.route)

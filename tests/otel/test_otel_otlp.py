@@ -101,7 +101,6 @@ def test_otlp_exporter_posts_the_server_span(receiver, monkeypatch):
 
         TrackUsage(app, registry=CollectorRegistry(), tracer_provider=provider)
         assert app.test_client().get("/orders/12?full=1").status_code == 200
-        assert received.spans() == []  # batched: nothing is sent on the request thread
         assert provider.force_flush(10_000)
     finally:
         provider.shutdown()
