@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import after_this_request
@@ -426,27 +425,12 @@ def create_otel_sink(
     if not _importable("opentelemetry.trace"):
         raise ConfigError("TRACK_USAGE_OTEL", "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'")
 
-    from opentelemetry import metrics, trace
-
     owned: list[Any] = []
     exporter = _exporter(settings)
-    if tracer_provider is None:
-        if exporter is not None and not _global_sdk_tracer_provider():
-            tracer_provider = build_tracer_provider(exporter, app.name)
-            trace.set_tracer_provider(tracer_provider)
-            owned.append(tracer_provider)
-        else:
-            tracer_provider = trace.get_tracer_provider()
-
+    tracer_provider = _provider("tracer", tracer_provider, exporter, app.name, owned)
     meter = None
     if otel_metrics_enabled(settings):
-        if meter_provider is None:
-            if exporter is not None and not _global_sdk_meter_provider():
-                meter_provider = build_meter_provider(exporter, app.name)
-                metrics.set_meter_provider(meter_provider)
-                owned.append(meter_provider)
-            else:
-                meter_provider = metrics.get_meter_provider()
+        meter_provider = _provider("meter", meter_provider, exporter, app.name, owned)
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
 
     return OtelSink(
@@ -478,17 +462,7 @@ def build_tracer_provider(exporter: str, service_name: str) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    span_exporter: Any
-    if exporter == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            raise ConfigError(
-                "TRACK_USAGE_OTEL_EXPORTER", "'otlp' needs opentelemetry-exporter-otlp-proto-http (the otel extra)"
-            ) from None
-        span_exporter = OTLPSpanExporter()
-    else:
-        span_exporter = ConsoleSpanExporter()
+    span_exporter = _otlp_exporter("trace", "OTLPSpanExporter") if exporter == "otlp" else ConsoleSpanExporter()
     provider = TracerProvider(resource=_resource(service_name))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     return provider
@@ -499,20 +473,20 @@ def build_meter_provider(exporter: str, service_name: str) -> Any:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 
-    metric_exporter: Any
-    if exporter == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        except ImportError:
-            raise ConfigError(
-                "TRACK_USAGE_OTEL_EXPORTER", "'otlp' needs opentelemetry-exporter-otlp-proto-http (the otel extra)"
-            ) from None
-        metric_exporter = OTLPMetricExporter()
-    else:
-        metric_exporter = ConsoleMetricExporter()
+    metric_exporter = _otlp_exporter("metric", "OTLPMetricExporter") if exporter == "otlp" else ConsoleMetricExporter()
     return MeterProvider(
         metric_readers=[PeriodicExportingMetricReader(metric_exporter)], resource=_resource(service_name)
     )
+
+
+def _otlp_exporter(signal: str, class_name: str) -> Any:
+    try:
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{signal}_exporter")
+    except ImportError:
+        raise ConfigError(
+            "TRACK_USAGE_OTEL_EXPORTER", "'otlp' needs opentelemetry-exporter-otlp-proto-http (the otel extra)"
+        ) from None
+    return getattr(module, class_name)()
 
 
 def _resource(service_name: str) -> Any:
@@ -531,7 +505,7 @@ def _enabled_by_default(settings: Settings, tracer_provider: Any) -> bool:
         return False
     if tracer_provider is not None or _exporter(settings) is not None:
         return True
-    return _global_sdk_tracer_provider()
+    return _global_sdk_provider("tracer")
 
 
 def _exporter(settings: Settings) -> str | None:
@@ -545,21 +519,36 @@ def _exporter(settings: Settings) -> str | None:
     return None
 
 
-def _global_sdk_tracer_provider() -> bool:
-    return _is_sdk_provider("opentelemetry.trace", "get_tracer_provider", "opentelemetry.sdk.trace", "TracerProvider")
+# kind -> (API module, SDK module, SDK provider class)
+_PROVIDER_MODULES = {
+    "tracer": ("opentelemetry.trace", "opentelemetry.sdk.trace", "TracerProvider"),
+    "meter": ("opentelemetry.metrics", "opentelemetry.sdk.metrics", "MeterProvider"),
+}
 
 
-def _global_sdk_meter_provider() -> bool:
-    return _is_sdk_provider("opentelemetry.metrics", "get_meter_provider", "opentelemetry.sdk.metrics", "MeterProvider")
+def _provider(kind: str, given: Any, exporter: str | None, service_name: str, owned: list[Any]) -> Any:
+    """The given provider; else one built for the exporter and set globally, unless the app
+    configured an SDK provider itself; else the global one."""
+    if given is not None:
+        return given
+    api = importlib.import_module(_PROVIDER_MODULES[kind][0])
+    if exporter is None or _global_sdk_provider(kind):
+        return getattr(api, f"get_{kind}_provider")()
+    if not _importable(_PROVIDER_MODULES[kind][1]):
+        raise ConfigError("TRACK_USAGE_OTEL_EXPORTER", "needs opentelemetry-sdk: pip install 'flask-usage-otel[otel]'")
+    build = build_tracer_provider if kind == "tracer" else build_meter_provider
+    provider = build(exporter, service_name)
+    getattr(api, f"set_{kind}_provider")(provider)
+    owned.append(provider)
+    return provider
 
 
-def _is_sdk_provider(api: str, getter: str, sdk: str, cls: str) -> bool:
-    if not _importable(sdk):
+def _global_sdk_provider(kind: str) -> bool:
+    api_name, sdk_name, class_name = _PROVIDER_MODULES[kind]
+    if not _importable(sdk_name):
         return False
-    import importlib
-
-    get: Callable[[], Any] = getattr(importlib.import_module(api), getter)
-    return isinstance(get(), getattr(importlib.import_module(sdk), cls))
+    provider = getattr(importlib.import_module(api_name), f"get_{kind}_provider")()
+    return isinstance(provider, getattr(importlib.import_module(sdk_name), class_name))
 
 
 def _importable(module: str) -> bool:
