@@ -144,6 +144,9 @@ class OtelSink(Sink):
 
     def start(self, state: RequestState) -> None:
         req = state.request
+        if self._active is not None:
+            # First, so that finish's decrement always has its increment.
+            self._active.add(1, self._active_attrs(state.method_label, req.scheme))
         environ = req.environ
         if _INSTRUMENTOR_MARK in environ:
             self._defer(state)
@@ -153,8 +156,6 @@ class OtelSink(Sink):
                 self._borrow(state, current)
             else:
                 self._start_span(state, environ)
-        if self._active is not None:
-            self._active.add(1, self._active_attrs(state.method_label, req.scheme))
 
     def teardown(self, state: RequestState, exc: BaseException | None) -> None:
         token = state.context_token

@@ -163,3 +163,10 @@ def test_unknown_exporter_is_a_config_error():
     app.config["TRACK_USAGE_OTEL_EXPORTER"] = "jaeger"
     with pytest.raises(ConfigError, match="TRACK_USAGE_OTEL_EXPORTER"):
         TrackUsage(app, registry=CollectorRegistry())
+
+
+def test_otel_sink_is_public():
+    import flask_usage_otel
+
+    assert flask_usage_otel.OtelSink is OtelSink
+    assert "OtelSink" in flask_usage_otel.__all__
