@@ -318,6 +318,13 @@ class TrackUsage:
             registry = REGISTRY
 
         sinks: list[Sink] = []
+        if settings.otel is not False:
+            from .otel import create_otel_sink
+
+            # First: its start sets the trace ids the other sinks' observations carry.
+            otel_sink = create_otel_sink(app, settings, self._tracer_provider, self._meter_provider)
+            if otel_sink is not None:
+                sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None
         if metrics is not None:
             sinks.append(

@@ -1,0 +1,98 @@
+"""``http.server.*`` metrics through the OTel meter provider (TRACK_USAGE_OTEL_METRICS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from flask_usage_otel.config import load_settings
+from flask_usage_otel.otel import DURATION_BUCKETS, otel_metrics_enabled
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+    if data is None:  # nothing was recorded
+        return {}
+    return {
+        metric.name: metric
+        for resource_metrics in data.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+    }
+
+
+def test_duration_histogram_and_active_requests(make_app, reader, exporter):
+    app, _ = make_app({"TRACK_USAGE_OTEL_METRICS": True}, meter_provider=MeterProvider(metric_readers=[reader]))
+    app.logger.disabled = True
+    client = app.test_client()
+    client.get("/items/1")
+    client.get("/items/2")
+    client.get("/boom")
+
+    metrics = collect(reader)
+    duration = metrics["http.server.request.duration"]
+    assert duration.unit == "s"
+    points = {tuple(sorted(p.attributes.items())): p for p in duration.data.data_points}
+    ok = points[
+        (
+            ("http.request.method", "GET"),
+            ("http.response.status_code", 200),
+            ("http.route", "/items/<int:item_id>"),
+            ("network.protocol.version", "1.1"),
+            ("url.scheme", "http"),
+        )
+    ]
+    assert ok.count == 2
+    assert tuple(ok.explicit_bounds) == DURATION_BUCKETS
+    failed = [p for p in duration.data.data_points if p.attributes.get("error.type") == "ValueError"]
+    assert len(failed) == 1
+    assert failed[0].attributes["http.response.status_code"] == 500
+
+    active = metrics["http.server.active_requests"]
+    assert active.unit == "{request}"
+    (point,) = active.data.data_points
+    assert dict(point.attributes) == {"http.request.method": "GET", "url.scheme": "http"}
+    assert point.value == 0  # every request that started has finished
+
+
+def test_duration_carries_an_exemplar_of_the_span(make_app, reader, exporter):
+    app, _ = make_app({"TRACK_USAGE_OTEL_METRICS": True}, meter_provider=MeterProvider(metric_readers=[reader]))
+    app.test_client().get("/items/1")
+    (span,) = [s for s in exporter.get_finished_spans() if s.name.startswith("GET")]
+    (point,) = collect(reader)["http.server.request.duration"].data.data_points
+    assert [e.trace_id for e in point.exemplars] == [span.context.trace_id]
+
+
+def test_unmatched_requests_have_no_route(make_app, reader):
+    app, _ = make_app({"TRACK_USAGE_OTEL_METRICS": True}, meter_provider=MeterProvider(metric_readers=[reader]))
+    app.test_client().get("/missing/123")
+    (point,) = collect(reader)["http.server.request.duration"].data.data_points
+    assert "http.route" not in point.attributes
+    assert point.attributes["http.response.status_code"] == 404
+
+
+def test_off_by_default_when_prometheus_is_on(make_app, reader):
+    app, _ = make_app(meter_provider=MeterProvider(metric_readers=[reader]))
+    app.test_client().get("/items/1")
+    assert "http.server.request.duration" not in collect(reader)
+
+
+@pytest.mark.parametrize(
+    ("config", "enabled"),
+    [
+        ({}, False),
+        ({"TRACK_USAGE_PROMETHEUS": False}, True),
+        ({"TRACK_USAGE_OTEL_METRICS": True}, True),
+        ({"TRACK_USAGE_PROMETHEUS": False, "TRACK_USAGE_OTEL_METRICS": False}, False),
+    ],
+)
+def test_default_follows_the_prometheus_setting(config, enabled):
+    assert otel_metrics_enabled(load_settings(config)) is enabled
