@@ -34,8 +34,6 @@ from .sinks import RequestState, Sink
 if TYPE_CHECKING:
     from flask import Flask, Response
 
-    from .record import UsageRecord
-
 logger = logging.getLogger(__name__)
 
 INSTRUMENTATION_NAME = "flask_usage_otel"
@@ -112,6 +110,8 @@ class OtelSink(Sink):
 
         self._tracer = tracer
         self._capture_user = capture_user
+        # Everything comes from the request state; the user only when it goes on spans.
+        self.uses_record = capture_user
         self._owned_providers = owned_providers
         self._attach = context.attach
         self._detach = context.detach
@@ -173,23 +173,23 @@ class OtelSink(Sink):
         if exc is not None and span is not None:
             (span.span if type(span) is _Borrowed else span).record_exception(exc)
 
-    def finish(self, record: UsageRecord, state: RequestState) -> None:
+    def finish(self, state: RequestState) -> None:
         span = state.span
         if self._duration is not None:
-            self._record_metrics(record, state, span)
+            self._record_metrics(state, span)
         if span is None:
             return
         borrowed = type(span) is _Borrowed
         if borrowed:
             span = span.span
         if span.is_recording():
-            status = record.status
+            status = state.status or 500
             attributes: dict[str, Any] = {"http.response.status_code": status}
-            error_type = record.exception or (str(status) if status >= 500 else None)
+            error_type = state.exception or (str(status) if status >= 500 else None)
             if error_type is not None:
                 attributes["error.type"] = error_type
-            if self._capture_user and record.username is not None:
-                attributes["enduser.id"] = record.username
+            if self._capture_user and state.username is not None:
+                attributes["enduser.id"] = state.username
             span.set_attributes(attributes)
             if status >= 500:
                 span.set_status(self._error)
@@ -296,6 +296,9 @@ class OtelSink(Sink):
             if port is not None:
                 attributes["server.port"] = port
         client = environ.get("REMOTE_ADDR")
+        anonymizer = state.context.anonymizer
+        if client and anonymizer is not None:
+            client = anonymizer.address(client)
         if client:
             attributes["client.address"] = client
         agent = environ.get("HTTP_USER_AGENT")
@@ -331,27 +334,29 @@ class OtelSink(Sink):
             attributes = self._active_attributes[key] = {"http.request.method": method_label, "url.scheme": scheme}
         return attributes
 
-    def _record_metrics(self, record: UsageRecord, state: RequestState, span: Any) -> None:
-        scheme = record.scheme
+    def _record_metrics(self, state: RequestState, span: Any) -> None:
+        environ = state.request.environ
+        scheme = environ.get("wsgi.url_scheme", "http")
+        status = state.status or 500
         self._active.add(-1, self._active_attrs(state.method_label, scheme))
         attributes: dict[str, Any] = {
             "http.request.method": state.method_label,
             "url.scheme": scheme,
-            "http.response.status_code": record.status,
+            "http.response.status_code": status,
         }
         if state.endpoint is not None:
             attributes["http.route"] = state.route
-        error_type = record.exception or (str(record.status) if record.status >= 500 else None)
+        error_type = state.exception or (str(status) if status >= 500 else None)
         if error_type is not None:
             attributes["error.type"] = error_type
-        protocol = self._protocol_version(record.protocol)
+        protocol = self._protocol_version(environ.get("SERVER_PROTOCOL"))
         if protocol is not None:
             attributes["network.protocol.version"] = protocol
         context = None
         if state.sampled and span is not None:
             # The span is no longer current here: pass it, so the measurement can carry an exemplar.
             context = self._set_span_in_context(span.span if type(span) is _Borrowed else span)
-        self._duration.record(record.speed, attributes, context)
+        self._duration.record(state.speed, attributes, context)
 
 
 def _set_ids(state: RequestState, span_context: Any) -> None:

@@ -151,3 +151,20 @@ def test_unreadable_geoip_database_fails_at_init_app(tmp_path: Path) -> None:
         app.config["TRACK_USAGE_GEOIP_DB"] = str(path)
         with pytest.raises(ConfigError, match="TRACK_USAGE_GEOIP_DB"):
             TrackUsage(app, registry=CollectorRegistry())
+
+
+def test_span_client_address_is_anonymized_too() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = build_app({"TRACK_USAGE_OTEL": True, "TRACK_USAGE_ANONYMIZE_IP": "truncate"})
+    TrackUsage(app, registry=CollectorRegistry(), tracer_provider=provider)
+    app.test_client().get("/", environ_base={"REMOTE_ADDR": "198.51.100.77"})
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["client.address"] == "198.51.100.0"
