@@ -119,7 +119,9 @@ class _AppTracker:
 
     def _respond(self, state: RequestState, response: Response) -> None:
         state.status = response.status_code
-        state.response_size = response.content_length
+        # The raw header: Response.content_length parses it through a slower descriptor.
+        size = response.headers.get("Content-Length")
+        state.response_size = int(size) if size is not None and size.isdigit() else None
         if self._wants_details:
             self._capture_details(state)
         if response.status_code >= 400 and isinstance(response.response, ClosingIterator):
@@ -199,7 +201,7 @@ class _AppTracker:
 
     def _capture_details(self, state: RequestState) -> None:
         """Read what only the request context can give: ``g.track_var`` and the user."""
-        state.track_var = g.get("track_var")
+        state.track_var = g._get_current_object().get("track_var")  # one proxy lookup, not two
         if self._capture_user is not None:
             state.username = self._username(state)
 
