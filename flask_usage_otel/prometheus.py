@@ -21,7 +21,6 @@ from typing import Any
 from flask import Response, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as text_exposition
-from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from . import __version__
 from .config import ConfigError, MetricsAuth, Settings
@@ -208,6 +207,16 @@ def multiprocess_dir() -> str | None:
         raise ConfigError(MULTIPROC_ENV, f"{path!r} is not a directory; create it before the app starts")
     if not os.access(path, os.W_OK):
         raise ConfigError(MULTIPROC_ENV, f"{path!r} is not writable by this process")
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        # prometheus_client chose its value store when first imported, before the variable
+        # was set: every worker would count alone and /metrics would show a random worker.
+        raise ConfigError(
+            MULTIPROC_ENV,
+            "was set after prometheus_client was imported; set it in the environment before the "
+            "process starts (or at the top of gunicorn.conf.py, before any import that loads prometheus_client)",
+        )
     return path
 
 
@@ -219,9 +228,10 @@ def render(registry: CollectorRegistry, accept: str | None, multiprocess: bool) 
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
     encoder, content_type = text_exposition.choose_encoder(accept or "")
-    if encoder is openmetrics_exposition.generate_latest and multiprocess:
+    if multiprocess and content_type.startswith("application/openmetrics-text"):
         # Exemplars do not exist in multiprocess mode; plain text is the honest answer.
-        encoder, content_type = text_exposition.generate_latest, text_exposition.CONTENT_TYPE_LATEST
+        # (choose_encoder returns a functools.partial for OpenMetrics, so compare the type, not the function.)
+        encoder, content_type = text_exposition.generate_latest, text_exposition.CONTENT_TYPE_PLAIN_0_0_4
     return encoder(registry), content_type
 
 
