@@ -16,7 +16,7 @@ os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"flask-usage-metrics-{os.getuid()}")
 )
 
-from flask_usage_otel.gunicorn import child_exit, on_starting, worker_exit  # noqa: E402, F401
+from flask_usage_otel.gunicorn import child_exit, on_starting, worker_exit  # noqa: F401
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8)))
@@ -29,4 +29,3 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESSLOG")  # e.g. "-" for stdout; off by default
-
