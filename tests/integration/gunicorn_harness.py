@@ -10,30 +10,22 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.servers import free_port, unavailable, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN_CONF = REPO / "examples" / "gunicorn.conf.py"
 APP = "examples.demo_app:create_app()"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def gunicorn_command() -> list[str]:
@@ -44,15 +36,8 @@ def gunicorn_command() -> list[str]:
     found = shutil.which("gunicorn")
     if found:
         return [found]
-    require("gunicorn is not installed (pip install -e '.[dev]')")
+    unavailable("gunicorn is not installed (pip install -e '.[dev]')")
     raise AssertionError("unreachable")
-
-
-def require(reason: str) -> None:
-    """Skip with ``reason``; under CI, where every integration test must run, fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -119,17 +104,15 @@ def run_gunicorn(
 
 
 def _wait_until_serving(server: Gunicorn, workers: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
+    def serving() -> str | None:
         if server.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {server.process.returncode} at start-up:\n{server.log()}")
-        with contextlib.suppress(requests.RequestException):
-            healthy = requests.get(server.base_url + "/healthz", timeout=2).status_code == 200
-            # Every worker booted, so no request lands on a worker still importing the app.
-            if healthy and server.log().count("Booting worker") >= workers:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not serve within {START_TIMEOUT}s:\n{server.log()}")
+            return "exited"
+        healthy = requests.get(server.base_url + "/healthz", timeout=2).status_code == 200
+        # Every worker booted, so no request lands on a worker still importing the app.
+        return "serving" if healthy and server.log().count("Booting worker") >= workers else None
+
+    if wait_until(serving, START_TIMEOUT, f"gunicorn to serve with {workers} workers") == "exited":
+        raise AssertionError(f"gunicorn exited with {server.process.returncode} at start-up:\n{server.log()}")
 
 
 Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]

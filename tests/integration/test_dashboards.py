@@ -10,23 +10,31 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
-from gunicorn_harness import REPO, Gunicorn, free_port, require, run_gunicorn
+
+from tests.integration.gunicorn_harness import REPO, Gunicorn, run_gunicorn
+from tests.integration.servers import (
+    Prometheus,
+    http_get,
+    promtool_check_metrics,
+    require_binary,
+    run_prometheus,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
 DASHBOARD = REPO / "grafana" / "dashboards" / "flask-usage.json"
 COMPOSE_PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus.yml"
-JOB = "flask-app"
+JOB = "app"  # the job name run_prometheus gives the scraped app
 TRAFFIC_SECONDS = 4.0
 # Prometheus scrapes every second; a 30s window holds every sample of the run.
 RATE_INTERVAL = "30s"
@@ -39,29 +47,22 @@ ALL_VALUES = {"job": ".*", "instance": ".*", "route": ".*", "blueprint": ".*", "
 LABEL_VALUES_RE = re.compile(r"^label_values\((?:(?P<selector>.+),\s*)?(?P<label>\w+)\)$")
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    if path is None:
-        require(f"{name} is not installed (apt-get install prometheus; or `make services`)")
-    return str(path)
-
-
 @dataclass
 class Stack:
     app: Gunicorn
-    prometheus_url: str
+    prometheus: Prometheus
     app_target: str
 
     def api(self, path: str, params: dict[str, object]) -> object:
         """GET one Prometheus HTTP API endpoint; its ``data`` after checking the call succeeded."""
-        response = requests.get(f"{self.prometheus_url}/api/v1/{path}", params=params, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", f"{path} {params}: {body}"
-        assert response.status_code == 200
-        return body["data"]
+        status, body = http_get(f"{self.prometheus.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        payload = json.loads(body)
+        assert payload["status"] == "success", f"{path} {params}: {payload}"
+        assert status == 200
+        return payload["data"]
 
     def query(self, expr: str) -> list[dict[str, object]]:
-        return self.api("query", {"query": expr})["result"]  # type: ignore[index]
+        return self.prometheus.query(expr)
 
     def label_values(self, label: str, selector: str | None) -> list[str]:
         return self.api(f"label/{label}/values", {"match[]": selector} if selector else {})  # type: ignore[return-value]
@@ -102,71 +103,19 @@ def drive_traffic(base_url: str, seconds: float) -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus = binary("prometheus")
     tmp_path = tmp_path_factory.mktemp("dashboards")
     multiproc_dir = tmp_path / "metrics"
     multiproc_dir.mkdir()
     with run_gunicorn(tmp_path, workers=2, multiproc_dir=multiproc_dir) as app:
         target = app.base_url.removeprefix("http://")
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['{target}']\n"
-        )
-        port = free_port()
-        log_path = tmp_path / "prometheus.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--enable-feature=exemplar-storage",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            stack = Stack(app, f"http://127.0.0.1:{port}", target)
-            _wait_ready(stack, process, log_path)
-            sent = drive_traffic(app.base_url, TRAFFIC_SECONDS)
-            assert sent > 0
-            _wait_scraped(stack, log_path)
-            yield stack
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _wait_ready(stack: Stack, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            if requests.get(f"{stack.prometheus_url}/-/ready", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"prometheus was not ready within 30s:\n{log_path.read_text()}")
-
-
-def _wait_scraped(stack: Stack, log_path: Path) -> None:
-    """Until the last scrape saw the traffic's end: every request counted, and a few scrapes after it."""
-    expr = f'count_over_time(up{{job="{JOB}"}}[1m]) >= 6 and up{{job="{JOB}"}} == 1'
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if stack.query(expr):
+        with run_prometheus([target]) as prometheus:
+            stack = Stack(app, prometheus, target)
+            assert drive_traffic(app.base_url, TRAFFIC_SECONDS) > 0
+            # Scraped a few times, the last time after the traffic ended.
+            up = f'count_over_time(up{{job="{JOB}"}}[1m]) >= 6 and up{{job="{JOB}"}} == 1'
+            wait_until(lambda: stack.query(up), 30, "Prometheus to scrape the app")
             time.sleep(2.5)  # two more scrapes, so rates over the window see the traffic's end
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"prometheus did not scrape the app:\n{log_path.read_text()}")
+            yield stack
 
 
 def dashboard_queries(dashboard: dict[str, object]) -> list[tuple[str, str, str]]:
@@ -261,17 +210,17 @@ def test_latency_panels_ask_for_exemplars_and_prometheus_accepts_the_query(stack
         assert isinstance(stack.exemplars(substitute(expr, ALL_VALUES)), list)
 
 
-def test_metrics_exposition_passes_promtool(stack: Stack) -> None:
-    body = requests.get(stack.app.base_url + "/metrics", timeout=10).text
-    result = subprocess.run(
-        [binary("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
-    )
+def test_multiprocess_exposition_passes_promtool(stack: Stack) -> None:
+    status, body = http_get(stack.app.base_url + "/metrics")
+    assert status == 200
+    result = promtool_check_metrics(body)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "", result.stdout
 
 
 def test_compose_prometheus_config_passes_promtool() -> None:
     result = subprocess.run(
-        [binary("promtool"), "check", "config", str(COMPOSE_PROMETHEUS_CONFIG)],
+        [require_binary("promtool"), "check", "config", str(COMPOSE_PROMETHEUS_CONFIG)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,7 +11,6 @@ import itertools
 import os
 import signal
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from gunicorn_harness import Gunicorn, request_counts, require, run_gunicorn, scrape
 
 from flask_usage_otel.record import UNMATCHED_ROUTE
+from tests.integration.gunicorn_harness import Gunicorn, request_counts, run_gunicorn, scrape
+from tests.integration.servers import unavailable, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -163,16 +163,17 @@ def test_counts_add_up_over_workers_and_never_go_backwards(tmp_path: Path, multi
 
 
 def _wait_for_replacement(server: Gunicorn, victim: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def replaced() -> bool:
         pids = server.worker_pids()
-        if victim not in pids and len(pids) == WORKERS and server.log().count("Booting worker") > WORKERS:
-            # The new worker is forked; wait until it answers as well.
-            for _ in range(50):
-                if requests.get(server.base_url + "/healthz", timeout=5).status_code == 200:
-                    return
-        time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not replace worker {victim}:\n{server.log()}")
+        booted = server.log().count("Booting worker") > WORKERS
+        # The new worker must answer as well, not only be forked.
+        return victim not in pids and len(pids) == WORKERS and booted and _all_workers_answer(server)
+
+    wait_until(replaced, 20, f"gunicorn to replace worker {victim}")
+
+
+def _all_workers_answer(server: Gunicorn) -> bool:
+    return all(requests.get(server.base_url + "/healthz", timeout=5).status_code == 200 for _ in range(2 * WORKERS))
 
 
 def _sql_storage_ready() -> str | None:
@@ -202,7 +203,7 @@ def postgres_database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except Exception as exc:
-        require(f"PostgreSQL at 127.0.0.1:5432 is not usable ({exc}); run `make services`")
+        unavailable(f"PostgreSQL at 127.0.0.1:5432 is not usable ({exc}); run `make services`")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
