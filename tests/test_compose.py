@@ -1,0 +1,163 @@
+"""docker-compose.yml and its files, checked without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is in the dev extra: pip install -e '.[dev]'")
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+# Pinned means a version in the tag: never `latest`, never a bare name.
+PINNED_TAG = re.compile(r"^[\w./-]+:(v?\d+(\.\d+)+[\w.-]*)$")
+# Images without a shell or HTTP client cannot check themselves; others wait for them to start.
+NO_SHELL = {"otel-collector"}
+EXPECTED_SERVICES = {"app", "postgres", "prometheus", "otel-collector", "jaeger", "grafana", "loadgen"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def test_every_part_of_the_stack_is_there(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == EXPECTED_SERVICES
+
+
+def test_images_are_pinned_to_versions(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert "image" in service or "build" in service, name
+        if "image" in service:
+            image = service["image"]
+            assert PINNED_TAG.match(image), f"{name}: image {image!r} is not pinned to a version"
+            assert not image.endswith(":latest"), name
+
+
+def test_depends_on_targets_exist_with_conditions_they_can_meet(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for target, rule in service.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            assert target != name
+            condition = rule["condition"]
+            assert condition in {"service_started", "service_healthy", "service_completed_successfully"}
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy: no healthcheck"
+
+
+def test_start_order_has_no_cycle(services: dict[str, dict[str, Any]]) -> None:
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"dependency cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for target in services[name].get("depends_on", {}):
+                visit(target, (*path, name))
+            done.add(name)
+
+    for name in services:
+        visit(name, ())
+
+
+def test_servers_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if name in NO_SHELL or name == "loadgen":
+            continue
+        check = service.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+
+
+def test_published_ports_are_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str), f"{name}: write ports as 'host_ip:host:container' strings"
+            host_ip, host_port, container_port = port.split(":")
+            assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond this machine"
+            published[name] = (int(host_port), int(container_port))
+    assert published == {
+        "app": (8000, 8000),
+        "prometheus": (9090, 9090),
+        "grafana": (3000, 3000),
+        "jaeger": (16686, 16686),
+    }
+
+
+def test_every_mounted_or_built_file_exists(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repo"
+        build = service.get("build")
+        if build is not None:
+            context = REPO / build["context"]
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), f"{name} builds from {dockerfile}, which is missing"
+            for source in _dockerfile_sources(dockerfile):
+                assert (context / source).exists(), f"{dockerfile.name} copies {source}, which is not in the repo"
+
+
+def _dockerfile_sources(dockerfile: Path) -> list[str]:
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() in {"COPY", "ADD"}:
+            args = [w for w in words[1:] if not w.startswith("--")]
+            sources.extend(args[:-1])
+    return sources
+
+
+def test_app_runs_multiprocess_on_a_tmpfs_with_the_example_config(services: dict[str, dict[str, Any]]) -> None:
+    app = services["app"]
+    env = app["environment"]
+    multiproc_dir = env["PROMETHEUS_MULTIPROC_DIR"]
+    assert any(mount.split(":")[0] == multiproc_dir for mount in app["tmpfs"])
+    assert int(env["GUNICORN_WORKERS"]) > 1
+    assert env["USAGE_DB_URL"].split("@")[1].startswith("postgres:5432/")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "examples/gunicorn.conf.py" in dockerfile
+
+
+def test_prometheus_keeps_exemplars_and_scrapes_the_app(services: dict[str, dict[str, Any]]) -> None:
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert "app:8000" in targets
+
+
+def test_collector_pipelines_use_defined_components() -> None:
+    config = yaml.safe_load((REPO / "deploy" / "otel-collector.yml").read_text())
+    receivers = config["receivers"]["otlp"]["protocols"]
+    assert receivers["grpc"]["endpoint"].endswith(":4317")
+    assert receivers["http"]["endpoint"].endswith(":4318")
+    for name, pipeline in config["service"]["pipelines"].items():
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in config[kind], f"pipeline {name} uses undefined {kind[:-1]} {component}"
+    assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert set(config["service"]["extensions"]) <= set(config["extensions"])
+
+
+def test_grafana_mounts_match_the_provisioning(services: dict[str, dict[str, Any]]) -> None:
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("."))
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load((REPO / "grafana/provisioning/dashboards/dashboards.yml").read_text())["providers"][0]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    datasources = yaml.safe_load((REPO / "grafana/provisioning/datasources/datasources.yml").read_text())
+    urls = {d["type"]: d["url"] for d in datasources["datasources"]}
+    # The data sources point at the compose services by name.
+    assert urls["prometheus"] == "http://prometheus:9090"
+    assert urls["grafana-postgresql-datasource"] == "postgres:5432"
+    assert urls["jaeger"] == "http://jaeger:16686"
