@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,12 @@ class Gunicorn:
 
 @contextlib.contextmanager
 def run_gunicorn(
-    tmp_path: Path, *, workers: int, multiproc_dir: Path, extra_env: dict[str, str] | None = None
+    tmp_path: Path,
+    *,
+    workers: int,
+    multiproc_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    app: str = APP,
 ) -> Iterator[Gunicorn]:
     """Start the demo app under gunicorn with the example config; stop it (SIGTERM) on exit."""
     port = free_port()
@@ -87,7 +93,7 @@ def run_gunicorn(
     log_path = tmp_path / f"gunicorn-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*gunicorn_command(), "--config", str(GUNICORN_CONF), "--chdir", str(REPO), APP],
+            [*gunicorn_command(), "--config", str(GUNICORN_CONF), "--chdir", str(REPO), app],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -137,3 +143,24 @@ def request_counts(samples: Sample, name: str = "flask_usage_requests_total") ->
             label = dict(labels)
             counts[(label["method"], label["route"], label["status"])] = value
     return counts
+
+
+@contextlib.contextmanager
+def temporary_postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own (``prefix_<random>``) on 127.0.0.1:5432; dropped on exit."""
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        unavailable(f"PostgreSQL at 127.0.0.1:5432 is not usable ({exc}); run `make services`")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()

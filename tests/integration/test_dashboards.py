@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.integration.gunicorn_harness import REPO, Gunicorn, run_gunicorn
+from tests.integration.gunicorn_harness import REPO, Gunicorn, run_gunicorn, temporary_postgres_database
 from tests.integration.servers import (
     Prometheus,
     http_get,
@@ -106,7 +106,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp_path = tmp_path_factory.mktemp("dashboards")
     multiproc_dir = tmp_path / "metrics"
     multiproc_dir.mkdir()
-    with run_gunicorn(tmp_path, workers=2, multiproc_dir=multiproc_dir) as app:
+    # With SQL storage, so the storage health panels show real numbers.
+    with (
+        temporary_postgres_database("usage_dashboards") as db_url,
+        run_gunicorn(tmp_path, workers=2, multiproc_dir=multiproc_dir, extra_env={"USAGE_DB_URL": db_url}) as app,
+    ):
         target = app.base_url.removeprefix("http://")
         with run_prometheus([target]) as prometheus:
             stack = Stack(app, prometheus, target)
@@ -192,6 +196,9 @@ def test_every_panel_query_parses_and_returns_series(stack: Stack) -> None:
         if not all_series:
             empty.append(f"{title} [{ref}]: {expr}")
     assert not empty, "queries that returned no series:\n" + "\n".join(empty)
+    # The storage panels show the rows the workers wrote, not only zeros.
+    written = stack.query(f'sum(flask_usage_storage_rows_written_total{{job="{JOB}"}})')
+    assert float(written[0]["value"][1]) > 0
 
 
 def test_latency_panels_ask_for_exemplars_and_prometheus_accepts_the_query(stack: Stack) -> None:

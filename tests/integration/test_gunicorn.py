@@ -6,12 +6,10 @@ backwards between two scrapes, means the workers' metrics are not aggregated rig
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import signal
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +19,14 @@ import pytest
 import requests
 
 from flask_usage_otel.record import UNMATCHED_ROUTE
-from tests.integration.gunicorn_harness import Gunicorn, request_counts, run_gunicorn, scrape
-from tests.integration.servers import unavailable, wait_until
+from tests.integration.gunicorn_harness import (
+    Gunicorn,
+    request_counts,
+    run_gunicorn,
+    scrape,
+    temporary_postgres_database,
+)
+from tests.integration.servers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -176,52 +180,40 @@ def _all_workers_answer(server: Gunicorn) -> bool:
     return all(requests.get(server.base_url + "/healthz", timeout=5).status_code == 200 for _ in range(2 * WORKERS))
 
 
-def _sql_storage_ready() -> str | None:
-    """Why the SQL rows cannot be checked yet, or None when they can."""
-    if importlib.util.find_spec("flask_usage_otel.storage.sql") is None:
-        return "flask_usage_otel.storage.sql does not exist yet"
-    if importlib.util.find_spec("flask_usage_otel.storage.batch") is None:
-        return "flask_usage_otel.storage.batch (BatchWriter) does not exist yet"
-    from flask_usage_otel.storage import batch
+def _count_rows(url: str) -> int:
+    import sqlalchemy
 
-    if not hasattr(batch, "BatchWriter"):
-        return "flask_usage_otel.storage.batch has no BatchWriter yet"
-    return None
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM flask_usage").scalar_one())
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def postgres_database() -> Iterator[str]:
-    """A PostgreSQL database of its own for this test run; dropped afterwards."""
-    reason = _sql_storage_ready()
-    if reason is not None:
-        pytest.skip(f"SQL storage with a background writer is not available: {reason}")
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    admin_url = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    name = f"usage_gunicorn_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:
-        unavailable(f"PostgreSQL at 127.0.0.1:5432 is not usable ({exc}); run `make services`")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with temporary_postgres_database("usage_gunicorn") as url:
+        yield url
 
 
 def test_sql_rows_of_all_workers_are_written_after_sigterm(
     tmp_path: Path, multiproc_dir: Path, postgres_database: str
 ) -> None:
     import sqlalchemy
+
     from flask_usage_otel.storage.sql import SQLStorage
 
-    SQLStorage(postgres_database).create_all()
+    storage = SQLStorage(postgres_database)
+    storage.create_table()
+    storage.engine.dispose()
     env = {"USAGE_DB_URL": postgres_database}
-    with run_gunicorn(tmp_path, workers=WORKERS, multiproc_dir=multiproc_dir, extra_env=env) as server:
+    # Batches larger than the traffic and a long flush interval: rows reach the table only
+    # because SIGTERM makes every worker flush its queue before it exits.
+    app = "examples.demo_app:create_app({'TRACK_USAGE_FLUSH_INTERVAL': 600, 'TRACK_USAGE_BATCH_SIZE': 5000})"
+    with run_gunicorn(tmp_path, workers=WORKERS, multiproc_dir=multiproc_dir, extra_env=env, app=app) as server:
         expected = send(server.base_url, PLAN)
+        assert _count_rows(postgres_database) == 0, "rows were written before the graceful stop"
         assert server.stop() == 0
     engine = sqlalchemy.create_engine(postgres_database)
     try:
@@ -230,5 +222,4 @@ def test_sql_rows_of_all_workers_are_written_after_sigterm(
             written = {(m, r, str(s)): n for m, r, s, n in rows}
     finally:
         engine.dispose()
-    # Rows queued in any worker when SIGTERM arrived were flushed before it exited.
     assert written == dict(expected)

@@ -20,15 +20,7 @@ DASHBOARD = REPO / "grafana" / "dashboards" / "flask-usage-raw.json"
 NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 FROM, TO = NOW - timedelta(hours=1), NOW + timedelta(minutes=1)
 
-# The columns the dashboard reads, with the types the SQL storage gives them.
-TABLE = """
-CREATE TABLE flask_usage (
-    id BIGSERIAL PRIMARY KEY,
-    datetime TIMESTAMP NOT NULL,
-    method VARCHAR(16), route VARCHAR(255), path VARCHAR(2048), status INTEGER, speed DOUBLE PRECISION,
-    remote_addr VARCHAR(64), username VARCHAR(255), trace_id VARCHAR(32)
-)
-"""
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def expand_macros(sql: str) -> str:
@@ -58,7 +50,7 @@ def usage_schema() -> Iterator[Any]:
     try:
         conn.execute(f'CREATE SCHEMA "{schema}"')
         conn.execute(f'SET search_path TO "{schema}"')
-        conn.execute(TABLE)
+        _create_usage_table(schema)
         rows = [
             (NOW - timedelta(minutes=i), m, r, p, s, 0.001 * (i + 1), addr, user, f"{i:032x}")
             for i, (m, r, p, s, addr, user) in enumerate(
@@ -80,6 +72,18 @@ def usage_schema() -> Iterator[Any]:
     finally:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         conn.close()
+
+
+def _create_usage_table(schema: str) -> None:
+    """The table exactly as the SQL storage defines it, so the dashboard's column names are proven."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from flask_usage_otel.storage.sql import usage_table
+
+    engine = sqlalchemy.create_engine(PG_URL)
+    try:
+        usage_table("flask_usage", schema=schema).create(engine)
+    finally:
+        engine.dispose()
 
 
 def test_every_raw_query_runs_and_returns_rows(usage_schema: Any) -> None:
