@@ -126,6 +126,7 @@ def test_app_runs_multiprocess_on_a_tmpfs_with_the_example_config(services: dict
     assert int(env["GUNICORN_WORKERS"]) > 1
     assert env["USAGE_DB_URL"].split("@")[1].startswith("postgres:5432/")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"  # what turns the extension's OTLP set-up on
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "examples/gunicorn.conf.py" in dockerfile
 
