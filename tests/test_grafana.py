@@ -151,3 +151,25 @@ def test_raw_dashboard_reads_the_flask_usage_table() -> None:
     assert all("$__timeFilter(datetime)" in s for s in sql)
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Newest requests", "Top users", "Top remote addresses"} <= titles
+
+
+def _exposed_sample_names() -> set[str]:
+    """Every sample name the metrics can ever produce, children or not."""
+    from prometheus_client import CollectorRegistry
+
+    from flask_usage_otel.config import load_settings
+    from flask_usage_otel.prometheus import metrics_for
+
+    registry = CollectorRegistry()
+    metrics_for(registry, load_settings({}))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_every_metric_a_dashboard_queries_exists() -> None:
+    # `or vector(0)` and empty panels hide a misspelt or renamed metric; names must match the code.
+    known = _exposed_sample_names()
+    dashboard = load(REPO / "grafana" / "dashboards" / "flask-usage.json")
+    queried = set(re.findall(r"\bflask_usage_[a-z_]+", json.dumps(dashboard)))
+    assert queried, "the dashboard queries no flask_usage_ metric"
+    assert queried <= known, sorted(queried - known)
