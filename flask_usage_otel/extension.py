@@ -121,7 +121,7 @@ class _AppTracker:
         state.status = response.status_code
         # The raw header: Response.content_length parses it through a slower descriptor.
         size = response.headers.get("Content-Length")
-        state.response_size = int(size) if size is not None and size.isdigit() else None
+        state.response_size = int(size) if size and size.isascii() and size.isdigit() else None
         if self._wants_details:
             self._capture_details(state)
         if response.status_code >= 400 and isinstance(response.response, ClosingIterator):
