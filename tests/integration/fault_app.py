@@ -3,7 +3,8 @@
 ``tests.integration.fault_app:create_app()`` is the suite's test app (tests/conftest.py) plus
 ``/echo/<path>``, which answers with what the app saw of the request, so a tracked and an
 untracked server can be compared byte for byte, and ``/healthz`` (never tracked), which the
-gunicorn harness polls. ``USAGE_DB_URL`` in the environment turns SQL storage on.
+gunicorn harness polls, and ``/pid``, which names the worker that answered.
+``USAGE_DB_URL`` in the environment turns SQL storage on.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def create_app(tracked: bool = True, config: dict[str, Any] | None = None, otel:
             "headers": sorted(request.headers.keys()),
         }
         return app.response_class(json.dumps(seen, ensure_ascii=True), mimetype="application/json")
+
+    @app.route("/pid")
+    def pid() -> str:
+        return str(os.getpid())  # which worker served the request
 
     if tracked:
         db_url = os.environ.get("USAGE_DB_URL")
