@@ -46,8 +46,9 @@ HOLDING_WRITER = {"TRACK_USAGE_BATCH_SIZE": 5000, "TRACK_USAGE_FLUSH_INTERVAL": 
 LOCK_SECONDS = 4.0
 
 
-def app_spec(config: dict[str, object]) -> str:
-    return f"tests.integration.fault_app:create_app(config={config!r})"
+def app_spec(config: dict[str, object], otel: bool = False) -> str:
+    """The gunicorn app argument for the fault app with this config."""
+    return f"tests.integration.fault_app:create_app(config={config!r}, otel={otel})"
 
 
 @pytest.fixture
