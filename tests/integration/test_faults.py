@@ -24,13 +24,12 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flask_usage_otel import SQLStorage
 from tests.integration.gunicorn_harness import (
     Gunicorn,
+    postgres_usage_database,
     request_counts,
     run_gunicorn,
     scrape,
-    temporary_postgres_database,
 )
 from tests.integration.load import Load, p99
 from tests.integration.servers import wait_until
@@ -54,10 +53,7 @@ def app_spec(config: dict[str, object], otel: bool = False) -> str:
 @pytest.fixture
 def database() -> Iterator[str]:
     """A PostgreSQL database of this test's own, with the usage table created."""
-    with temporary_postgres_database("usage_faults") as url:
-        storage = SQLStorage(url)
-        storage.create_table()
-        storage.engine.dispose()
+    with postgres_usage_database("usage_faults") as url:
         yield url
 
 
@@ -183,7 +179,7 @@ def test_sigkill_loses_only_the_killed_workers_queue(tmp_path: Path, database: s
             os.kill(victim, signal.SIGKILL)
             second.join()
         after = [request_counts(scrape(server.base_url)[1]) for _ in range(2 * WORKERS)]
-        assert victim not in server.worker_pids()
+        wait_until(lambda: victim not in server.worker_pids(), 10, f"gunicorn to reap worker {victim}")
         assert server.stop() == 0
     answered = first.sent + second.sent
     assert first.errors == []

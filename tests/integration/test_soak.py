@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from flask_usage_otel import SQLStorage
-from tests.integration.gunicorn_harness import Gunicorn, run_gunicorn, scrape, temporary_postgres_database
+from tests.integration.gunicorn_harness import Gunicorn, postgres_usage_database, run_gunicorn, scrape
 from tests.integration.load import Load
 from tests.integration.test_faults import app_spec, stored_numbers
 
@@ -32,10 +31,7 @@ RSS_GROWTH_LIMIT_KB = 30 * 1024
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    with temporary_postgres_database("usage_soak") as url:
-        storage = SQLStorage(url)
-        storage.create_table()
-        storage.engine.dispose()
+    with postgres_usage_database("usage_soak") as url:
         yield url
 
 
