@@ -195,7 +195,8 @@ def test_sigkill_loses_only_the_killed_workers_queue(tmp_path: Path, database: s
     numbers = stored_numbers(database)
     print(
         f"\nSIGKILL: {len(answered)} requests answered, {len(served_by_victim)} by the killed worker "
-        f"(its queue, lost), {len(numbers)} rows written by the others after SIGTERM"
+        f"(its queue, lost), {len(numbers)} rows written by the others after SIGTERM, "
+        f"{len(second.errors)} requests unanswered"
     )
     assert served_by_victim  # the killed worker had rows queued
     assert set(numbers) == survivors  # lost: exactly the killed worker's queue; kept: everything else
