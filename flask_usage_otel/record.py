@@ -165,7 +165,7 @@ def record_from_state(state: RequestState) -> UsageRecord:
         state.blueprint,
         req.view_args or {},
         state.status or 500,
-        int(content_length) if content_length and content_length.isdigit() else None,
+        _content_length(content_length),
         state.response_size,
         remote_addr,
         xforwardedfor,
@@ -181,6 +181,11 @@ def record_from_state(state: RequestState) -> UsageRecord:
         state.span_id,
         ip_info,
     )
+
+
+def _content_length(value: str | None) -> int | None:
+    """``Content-Length`` as a number; None when absent or not plain ASCII digits (``"²".isdigit()`` is true)."""
+    return int(value) if value and value.isascii() and value.isdigit() else None
 
 
 def _server_host(environ: dict[str, Any]) -> str:

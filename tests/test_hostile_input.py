@@ -98,3 +98,14 @@ def test_metrics_stay_parseable_and_bounded_after_the_fuzzing() -> None:
     assert routes <= {"/", "/items/<int:item_id>", "/shop/cart", "/boom", "<unmatched>"}
     assert {s["method"] for s in series} <= {"GET", "POST", "HEAD", "OPTIONS", "DELETE", "_OTHER"}
     assert len(series) <= 60
+
+
+def test_a_content_length_of_unicode_digits_keeps_the_record() -> None:
+    """``"²".isdigit()`` is true but ``int("²")`` fails: the record must still be built (without a size)."""
+    client = TRACKED.test_client()
+    cases = {"\xb2": None, "\u0661\u0662": None, "99999999999999999999999": 99999999999999999999999}
+    for value, expected in cases.items():
+        before = len(STORAGE.records)
+        assert client.get("/", environ_overrides={"CONTENT_LENGTH": value}).status_code == 200
+        assert len(STORAGE.records) == before + 1, f"no record for Content-Length {value!r}"
+        assert STORAGE.records[-1].content_length == expected

@@ -105,6 +105,9 @@ SUMMARY_COLUMNS: dict[str, str] = {
 """The column each ``get_summary(by=...)`` choice groups by."""
 assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
+INTEGER_LIMITS: dict[str, int] = {"status": 2**31 - 1, "content_length": 2**63 - 1, "response_size": 2**63 - 1}
+"""Largest value per integer column (INTEGER, BIGINT); a value outside the column's range is stored as NULL."""
+
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 _TRUNCATED_JSON_KEY = "_truncated"
 
@@ -742,9 +745,16 @@ def _row(record: UsageRecord, state: _TableState) -> dict[str, Any]:
             row[name] = _json_text(value, widths[name])
         elif name in widths:
             row[name] = _clean(value, widths[name])
+        elif name in INTEGER_LIMITS:
+            row[name] = _bounded_int(value, INTEGER_LIMITS[name])
         else:
             row[name] = value
     return row
+
+
+def _bounded_int(value: int | None, limit: int) -> int | None:
+    """The value when the column can hold it, else None: a hostile ``Content-Length`` must not fail the INSERT."""
+    return value if value is None or -limit - 1 <= value <= limit else None
 
 
 def _usage_dict(row: Mapping[str, Any]) -> dict[str, Any]:

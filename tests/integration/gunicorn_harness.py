@@ -151,7 +151,10 @@ def temporary_postgres_database(prefix: str) -> Iterator[str]:
     import sqlalchemy
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+    # pool_pre_ping: a test may restart PostgreSQL, and the DROP at the end must still work.
+    admin = sqlalchemy.create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )
     try:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -164,3 +167,15 @@ def temporary_postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@contextlib.contextmanager
+def postgres_usage_database(prefix: str) -> Iterator[str]:
+    """A database of its own (see ``temporary_postgres_database``) with the ``flask_usage`` table created."""
+    from flask_usage_otel.storage.sql import SQLStorage
+
+    with temporary_postgres_database(prefix) as url:
+        storage = SQLStorage(url)
+        storage.create_table()
+        storage.engine.dispose()
+        yield url
