@@ -28,13 +28,12 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import StaticPool
 
 from .base import SUMMARY_BY, SUMMARY_PERIODS
+from .sql_rows import JSON_COLUMNS, Inserter, clean_text
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from ..record import UsageRecord
-
-JSON_COLUMNS = frozenset({"view_args", "track_var", "ip_info"})
 
 COLUMN_WIDTHS: dict[str, int] = {
     "url": 4096,
@@ -105,11 +104,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
 """The column each ``get_summary(by=...)`` choice groups by."""
 assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
-INTEGER_LIMITS: dict[str, int] = {"status": 2**31 - 1, "content_length": 2**63 - 1, "response_size": 2**63 - 1}
-"""Largest value per integer column (INTEGER, BIGINT); a value outside the column's range is stored as NULL."""
-
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
-_TRUNCATED_JSON_KEY = "_truncated"
 
 
 def usage_table(name: str = "flask_usage", metadata: sa.MetaData | None = None, schema: str | None = None) -> sa.Table:
@@ -247,6 +242,7 @@ class SQLStorage:
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()
+        self._inserter_for: tuple[_TableState, Inserter] | None = None
 
     def __repr__(self) -> str:
         where = self._engine.url.render_as_string(hide_password=True) if self._engine is not None else "db"
@@ -378,13 +374,22 @@ class SQLStorage:
     # -- writing -------------------------------------------------------------------------
 
     def store(self, records: Sequence[UsageRecord]) -> None:
-        """Insert a batch of records in one transaction (one ``executemany`` INSERT)."""
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL)."""
         if not records:
             return
-        state = self._table_state()
-        rows = [_row(record, state) for record in records]
+        inserter = self._inserter()
         with self.engine.begin() as conn:
-            conn.execute(self.table.insert(), rows)
+            inserter.insert(conn, records)
+
+    def _inserter(self) -> Inserter:
+        """The compiled INSERT for the table as it is now (rebuilt after ``upgrade_table``)."""
+        state = self._table_state()
+        cached = self._inserter_for
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        inserter = Inserter(self.table, [c for c in state.columns if c != "id"], state.widths, self.engine.dialect)
+        self._inserter_for = (state, inserter)
+        return inserter
 
     # -- reading -------------------------------------------------------------------------
 
@@ -587,9 +592,9 @@ class SQLStorage:
         table = self.table
         conditions = []
         if username is not None:
-            conditions.append(table.c.username == _clean(username, None))
+            conditions.append(table.c.username == clean_text(username, None))
         if remote_addr is not None:
-            conditions.append(table.c.remote_addr == _clean(remote_addr, None))
+            conditions.append(table.c.remote_addr == clean_text(remote_addr, None))
         return self._delete_in_chunks(sa.or_(*conditions), chunk_size)
 
     def _delete_in_chunks(self, condition: sa.ColumnElement[bool], chunk_size: int) -> int:
@@ -674,87 +679,7 @@ def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
     return _TableState(tuple(columns), widths)
 
 
-# -- rows -----------------------------------------------------------------------------------
-
-
-def _clean(value: Any, width: int | None) -> str | None:
-    """Text the database accepts: no NUL (PostgreSQL refuses it), no lone surrogates, at most ``width`` characters."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    if width is not None and len(text) > width:
-        text = text[:width]
-    return text
-
-
-def _json_text(value: Any, width: int) -> str | None:
-    if value is None:
-        return None
-    text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-    text = _clean(text, None) or ""
-    if len(text) > width:
-        # Cut JSON is no longer JSON: keep a valid object that says so.
-        text = json.dumps({_TRUNCATED_JSON_KEY: text[: width - 40]}, ensure_ascii=False)
-        text = text if len(text) <= width else json.dumps({_TRUNCATED_JSON_KEY: True})
-    return text
-
-
-def _row(record: UsageRecord, state: _TableState) -> dict[str, Any]:
-    ua = record.ua
-    values: dict[str, Any] = {
-        "url": record.url,
-        "ua_browser": ua.browser,
-        "ua_language": record.language,
-        "ua_platform": ua.platform,
-        "ua_version": ua.version,
-        "blueprint": record.blueprint,
-        "view_args": record.view_args,
-        "status": record.status,
-        "remote_addr": record.remote_addr,
-        "xforwardedfor": record.xforwardedfor,
-        "authorization": record.authorization,
-        "ip_info": record.ip_info,
-        "path": record.path,
-        "speed": record.speed,
-        "datetime": datetime.fromtimestamp(record.timestamp, timezone.utc).replace(tzinfo=None),
-        "username": record.username,
-        "track_var": record.track_var,
-        "method": record.method,
-        "route": record.route,
-        "endpoint": record.endpoint,
-        "user_agent_raw": record.user_agent,
-        "content_length": record.content_length,
-        "response_size": record.response_size,
-        "server_name": record.server_name,
-        "protocol": record.protocol,
-        "exception": record.exception,
-        "trace_id": record.trace_id,
-        "span_id": record.span_id,
-    }
-    row: dict[str, Any] = {}
-    widths = state.widths
-    for name in state.columns:
-        if name == "id":
-            continue
-        value = values[name]
-        if name in JSON_COLUMNS:
-            row[name] = _json_text(value, widths[name])
-        elif name in widths:
-            row[name] = _clean(value, widths[name])
-        elif name in INTEGER_LIMITS:
-            row[name] = _bounded_int(value, INTEGER_LIMITS[name])
-        else:
-            row[name] = value
-    return row
-
-
-def _bounded_int(value: int | None, limit: int) -> int | None:
-    """The value when the column can hold it, else None: a hostile ``Content-Length`` must not fail the INSERT."""
-    return value if value is None or -limit - 1 <= value <= limit else None
+# -- rows read back -----------------------------------------------------------------------
 
 
 def _usage_dict(row: Mapping[str, Any]) -> dict[str, Any]:
