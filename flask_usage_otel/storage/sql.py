@@ -85,7 +85,28 @@ LEGACY_COLUMNS: tuple[str, ...] = (
 """The columns of Flask-Track-Usage 2.0's ``flask_usage`` table."""
 
 FILTER_COLUMNS: tuple[str, ...] = ("endpoint", "route", "blueprint", "status", "method", "username")
-"""Columns ``get_usage`` filters on; each has an index together with ``datetime``."""
+"""Columns ``get_usage`` filters on."""
+
+INDEXED_FILTERS: tuple[str, ...] = ("route", "username")
+"""Filter columns with an index ``(column, datetime)``, besides the index on ``datetime`` alone.
+
+Every index costs each INSERT (about 1 µs of the writer's CPU per row and index on SQLite,
+more server time on PostgreSQL), so only these are kept:
+
+- ``datetime``: every time range (``get_usage``, ``iter_usage``, summaries, ``prune``, the
+  dashboards) and the newest-first order of ``get_usage``;
+- ``(route, datetime)``: the usual filter, and a rarely hit route would otherwise scan the whole
+  time range; ``endpoint`` is one-to-one with the route in most apps and is served by the
+  ``datetime`` index within a range;
+- ``(username, datetime)``: many distinct values, so a user's rows are few and scattered, and
+  ``forget(username=...)`` (an erasure request) must find them without reading the table.
+
+``status``, ``method`` and ``blueprint`` have a handful of values each: the ``datetime`` index
+over the requested range, then a filter, reads about as much as their index would.
+"""
+
+DROPPED_INDEXES: tuple[str, ...] = ("endpoint", "blueprint", "status", "method")
+"""Filter columns that had an index ``ix_<table>_<column>`` in earlier versions; ``upgrade_table`` drops them."""
 
 SUMMARY_COLUMNS: dict[str, str] = {
     "route": "route",
@@ -157,7 +178,7 @@ def usage_table(name: str = "flask_usage", metadata: sa.MetaData | None = None, 
         mysql_collate="utf8mb4_bin",
     )
     sa.Index(_index_name(name, "datetime"), table.c.datetime)
-    for column in FILTER_COLUMNS:
+    for column in INDEXED_FILTERS:
         sa.Index(_index_name(name, column), table.c[column], table.c.datetime)
     return table
 
@@ -318,6 +339,8 @@ class SQLStorage:
 
         Adds the missing columns and indexes, and on PostgreSQL and MariaDB widens
         text columns narrower than ``COLUMN_WIDTHS`` (SQLite does not enforce widths).
+        Drops the indexes earlier versions made on ``endpoint``, ``blueprint``, ``status``
+        and ``method`` (``DROPPED_INDEXES``), which cost every INSERT and help few queries.
         Existing rows are kept; the new columns are NULL in them.
         """
         engine = self.engine
@@ -351,6 +374,13 @@ class SQLStorage:
             if index.name not in existing_indexes:
                 index.create(engine)
                 changes.append(f"created index {index.name}")
+        # Indexes earlier versions created and that now only slow down the writer (see INDEXED_FILTERS).
+        scratch = self.table.to_metadata(sa.MetaData())  # an Index on self.table would join its definition
+        for column in DROPPED_INDEXES:
+            name = _index_name(self.table.name, column)
+            if name in existing_indexes:
+                sa.Index(name, scratch.c[column], scratch.c.datetime).drop(engine)
+                changes.append(f"dropped index {name}")
         with self._state_lock:
             self._state = None
         return changes

@@ -23,7 +23,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from functools import lru_cache
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,20 @@ _JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 # Characters quote(path, safe="/:@!$&()*+,;=~") would change; most paths have none and skip quoting.
 _PATH_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&()*+,;=]").search
 _language = lru_cache(maxsize=1024)(first_language)
+_EPOCH = datetime(1970, 1, 1)
+# Values each plain column takes, to find the bind processors that change nothing for them.
+_PLAIN_SAMPLES: dict[str, tuple[Any, ...]] = {
+    "status": (200, 404),
+    "authorization": (True, False),
+    "speed": (0.25, 1e-06),
+    "content_length": (0, 12),
+    "response_size": (0, 12),
+}
+_DATETIME_SAMPLES = (
+    datetime(2024, 3, 10, 12, 30, 15, 250000),
+    datetime(1999, 12, 31),
+    datetime(2024, 1, 2, 3, 4, 5, 6),
+)
 
 
 def clean_text(value: Any, width: int | None) -> str | None:
@@ -147,8 +161,9 @@ def _plain_values(record: UsageRecord) -> tuple[Any, ...]:
         record.status,
         record.authorization,
         record.speed,
-        # Naive UTC, as Flask-Track-Usage stored it.
-        datetime.fromtimestamp(record.timestamp, timezone.utc).replace(tzinfo=None),
+        # Naive UTC, as Flask-Track-Usage stored it; the same value as
+        # datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) (both round half to even) in half the time.
+        _EPOCH + timedelta(seconds=record.timestamp),
         record.content_length,
         record.response_size,
     )
@@ -219,6 +234,21 @@ class RowBuilder:
         return tuple(fitted)
 
 
+def _cheaper_processor(column: str, process: Callable[[Any], Any]) -> Callable[[Any], Any] | None:
+    """``process``, or something faster that gives the same for this column's values, or None when it changes
+    nothing (a float to float, True to 1: the driver stores both alike)."""
+    samples = _PLAIN_SAMPLES.get(column)
+    if samples is not None and all(process(value) == value for value in samples):
+        return None
+    if column == "datetime" and all(process(dt) == _iso_text(dt) for dt in _DATETIME_SAMPLES):
+        return _iso_text  # SQLite's text timestamps: one C call instead of a %-format of a dict
+    return process
+
+
+def _iso_text(value: datetime) -> str:
+    return value.isoformat(" ", "microseconds")
+
+
 def _picker(order: Sequence[str], wanted: Sequence[str]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
     if list(order) == list(wanted):
         return None
@@ -258,7 +288,7 @@ class Inserter:
         if self.method != "sqlalchemy":  # SQLAlchemy applies them itself on its own path
             for name in columns:
                 process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                if process is not None:
+                if process is not None and (process := _cheaper_processor(name, process)) is not None:
                     processors[name] = process
         self.builder = RowBuilder(columns, widths, processors)
         names = ", ".join(preparer.quote(c) for c in self.builder.columns)
