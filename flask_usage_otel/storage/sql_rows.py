@@ -108,10 +108,11 @@ def clean_text(value: Any, width: int | None) -> str | None:
 
 def json_text(value: Any, width: int) -> str | None:
     """``value`` as compact JSON of at most ``width`` characters (None stays NULL)."""
-    if value is None:
-        return None
-    if not value and isinstance(value, Mapping):
-        return "{}"  # most requests: no view arguments, no track_var
+    if not value:
+        if value is None:
+            return None
+        if type(value) is dict or isinstance(value, Mapping):
+            return "{}"  # most requests: no view arguments, no track_var
     text = _JSON.encode(value)
     if not (text.isascii() and "\x00" not in text):
         text = clean_text(text, None) or ""
@@ -212,19 +213,22 @@ class RowBuilder:
         texts = _text_values(record)
         if self._pick_text is not None:
             texts = self._pick_text(texts)
-        # The common case costs three C calls per value; clean_text only runs for the rest.
-        fitted = [
-            value
-            if value is None or (type(value) is str and len(value) <= width and value.isascii() and "\x00" not in value)
-            else clean_text(value, width)
-            for value, width in zip(texts, self._text_widths, strict=True)
-        ]
+        widths = self._text_widths
+        try:
+            joined = "".join(filter(None, texts))
+        except TypeError:  # a value that is not text (a username given as a number): clean each one
+            joined = "\x00"
+        if joined.isascii() and "\x00" not in joined:
+            # The common case: one check of all the text at once, then only the lengths.
+            fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
+        else:
+            fitted = [clean_text(v, w) for v, w in zip(texts, widths, strict=True)]
         mappings: tuple[Any, ...] = (record.view_args, record.track_var, record.ip_info)
         if self._pick_json is not None:
             mappings = self._pick_json(mappings)
-        fitted.extend(json_text(value, width) for value, width in zip(mappings, self._json_widths, strict=True))
+        fitted += [json_text(value, width) for value, width in zip(mappings, self._json_widths, strict=True)]
         plain = _plain_values(record)
-        fitted.extend(plain if self._pick_plain is None else self._pick_plain(plain))
+        fitted += plain if self._pick_plain is None else self._pick_plain(plain)
         for index, limit in self._bounded:
             value = fitted[index]
             if value is not None and not -limit - 1 <= value <= limit:
