@@ -23,6 +23,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from operator import itemgetter
@@ -127,7 +128,10 @@ def record_url(record: UsageRecord) -> str:
     """``record.url`` without its two ``quote`` calls when the path has nothing to quote (nearly always)."""
     path = record.path
     if record.script_root or _PATH_NEEDS_QUOTING(path):
-        return record.url
+        try:
+            return record.url
+        except UnicodeEncodeError:  # a lone surrogate: quote() refuses it, so the row would be lost
+            return replace(record, path=clean_text(path, None), script_root=clean_text(record.script_root, None)).url
     query = record.query_string
     return f"{record.scheme}://{record.host}{path}?{query}" if query else f"{record.scheme}://{record.host}{path}"
 

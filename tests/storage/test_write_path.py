@@ -172,3 +172,7 @@ def test_text_that_is_not_a_string_or_not_ascii_is_cleaned_value_by_value() -> N
     assert builder.columns == ("path", "username", "method")
     assert builder.row(make_record(username=12345, path="/a\x00bc", method="GET")) == ("/ab", "12345", "GET")
     assert builder.row(make_record(username="zoë", path="/\udcff", method="GET")) == ("/?", "zoë", "GET")
+
+
+def test_a_lone_surrogate_in_the_path_still_gives_a_url() -> None:
+    assert record_url(make_record(path="/a\udcff", query_string="")) == "https://example.org/a%3F"
