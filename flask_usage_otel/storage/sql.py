@@ -125,6 +125,9 @@ SUMMARY_COLUMNS: dict[str, str] = {
 """The column each ``get_summary(by=...)`` choice groups by."""
 assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
+_MYSQL_ROW_REFUSALS = frozenset({3819, 4025})
+"""MySQL's and MariaDB's "CHECK constraint failed": a refused row, though PyMySQL raises it as OperationalError."""
+
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 
 
@@ -390,6 +393,8 @@ class SQLStorage:
         """Whether retrying later may succeed (the database is down or busy), as opposed to a rejected row."""
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
             return True
+        if isinstance(exc, sa_exc.OperationalError) and _mysql_error_code(exc) in _MYSQL_ROW_REFUSALS:
+            return False
         # A missing table (create_tables=False) is transient too: someone may create it.
         return isinstance(
             exc,
@@ -707,6 +712,11 @@ def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
     if "datetime" not in columns or "id" not in columns:
         raise RuntimeError(f"table {table.name!r} exists but is not a usage table (no id or datetime column)")
     return _TableState(tuple(columns), widths)
+
+
+def _mysql_error_code(exc: sa_exc.DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", None)
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 # -- rows read back -----------------------------------------------------------------------
