@@ -165,11 +165,15 @@ class _AppTracker:
             return
         state.finished = True
         state.speed = time.perf_counter() - state.start
+        if self._wants_details:
+            state.capture()
         for sink in self._finishers:
             try:
                 sink.finish(state)
             except Exception:
                 self._sink_failed(sink)
+        # A queued state must not keep the request (its environ, its input stream) alive.
+        state.request = None  # type: ignore[assignment]
 
     def _sink_failed(self, sink: Sink) -> None:
         self._failed(sink.name, f"flask-usage-otel sink {sink.name!r} failed; the request was not affected")

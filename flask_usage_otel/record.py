@@ -135,46 +135,84 @@ class RecordContext:
     geoip: GeoIP | None = None
 
 
+ENVIRON_KEYS = (
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "CONTENT_LENGTH",
+    "REMOTE_ADDR",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_USER_AGENT",
+    "HTTP_ACCEPT_LANGUAGE",
+    "SERVER_PROTOCOL",
+)
+"""The WSGI environ values a record is made of, copied raw on the request thread (``RequestState.capture``).
+
+``HTTP_AUTHORIZATION`` is deliberately not among them: only its presence is kept.
+"""
+
+
 def record_from_state(state: RequestState) -> UsageRecord:
-    """Build the record of a finished request from its state and WSGI environ."""
-    req = state.request
-    environ = req.environ
+    """Build the record of a finished request from its captured state.
+
+    Runs wherever the record is first needed: on the storage writer's thread for
+    queued rows, so decoding, anonymization and GeoIP lookups cost the request nothing.
+    """
+    state.capture()
+    (
+        scheme,
+        http_host,
+        server_name,
+        server_port,
+        script_name,
+        path_info,
+        query_string,
+        content_length,
+        remote_addr,
+        xforwardedfor,
+        user_agent,
+        accept_language,
+        protocol,
+    ) = state.environ_values  # type: ignore[misc]
     context = state.context
-    content_length = environ.get("CONTENT_LENGTH")
-    remote_addr = environ.get("REMOTE_ADDR")
-    xforwardedfor = _wsgi_text(environ.get("HTTP_X_FORWARDED_FOR"))
+    xforwardedfor = _wsgi_text(xforwardedfor)
     # Locate first, then anonymize: the country is right, and the address is not kept.
     ip_info = context.geoip.lookup(remote_addr) if context.geoip is not None else None
     if context.anonymizer is not None:
         remote_addr = context.anonymizer.address(remote_addr)
         xforwardedfor = context.anonymizer.chain(xforwardedfor)
+    scheme = scheme or "http"
     # Positional arguments, in field order: keyword passing costs twice as much for
-    # 29 fields, and this runs once per tracked request. tests/test_extension.py
-    # checks every field.
+    # 29 fields. tests/test_extension.py checks every field.
     return UsageRecord(
         state.timestamp,
         state.speed,
         state.method,
-        environ.get("wsgi.url_scheme", "http"),
-        _wsgi_text(environ.get("HTTP_HOST")) or _server_host(environ),
-        _wsgi_text(environ.get("SCRIPT_NAME")) or "",
-        req.path,
-        _wsgi_text(environ.get("QUERY_STRING")) or "",
+        scheme,
+        _wsgi_text(http_host) or _server_host(scheme, server_name, server_port),
+        _wsgi_text(script_name) or "",
+        # As werkzeug's Request.path: decoded, exactly one leading slash.
+        "/" + (_wsgi_text(path_info) or "").lstrip("/"),
+        _wsgi_text(query_string) or "",
         state.route,
         state.endpoint,
         state.blueprint,
-        req.view_args or {},
+        state.view_args or {},
         state.status or 500,
         _content_length(content_length),
         state.response_size,
         remote_addr,
         xforwardedfor,
-        _wsgi_text(environ.get("HTTP_USER_AGENT")),
-        _wsgi_text(environ.get("HTTP_ACCEPT_LANGUAGE")),
-        "HTTP_AUTHORIZATION" in environ,
+        _wsgi_text(user_agent),
+        _wsgi_text(accept_language),
+        state.authorization,
         state.username,
         context.server_name,
-        environ.get("SERVER_PROTOCOL", ""),
+        protocol or "",
         state.track_var or {},
         state.exception,
         state.trace_id,
@@ -188,11 +226,9 @@ def _content_length(value: str | None) -> int | None:
     return int(value) if value and value.isascii() and value.isdigit() else None
 
 
-def _server_host(environ: dict[str, Any]) -> str:
-    name = environ.get("SERVER_NAME", "")
-    port = environ.get("SERVER_PORT", "")
-    default_port = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
-    return name if not port or port == default_port else f"{name}:{port}"
+def _server_host(scheme: str, name: str | None, port: str | None) -> str:
+    default_port = "443" if scheme == "https" else "80"
+    return (name or "") if not port or port == default_port else f"{name or ''}:{port}"
 
 
 def _wsgi_text(value: str | None) -> str | None:

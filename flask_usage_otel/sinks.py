@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .record import RecordContext, UsageRecord, record_from_state
+from .record import ENVIRON_KEYS, RecordContext, UsageRecord, record_from_state
 
 if TYPE_CHECKING:
     from flask import Request
@@ -25,10 +25,12 @@ class RequestState:
 
     __slots__ = (
         "_record",
+        "authorization",
         "blueprint",
         "context",
         "context_token",
         "endpoint",
+        "environ_values",
         "exception",
         "finished",
         "method",
@@ -47,6 +49,7 @@ class RequestState:
         "trace_id",
         "track_var",
         "username",
+        "view_args",
     )
 
     def __init__(
@@ -84,10 +87,26 @@ class RequestState:
         self.context = context
         self.speed = 0.0
         self._record: UsageRecord | None = None
+        self.environ_values: tuple[str | None, ...] | None = None
+        self.authorization = False
+        self.view_args: dict[str, Any] | None = None
+
+    def capture(self) -> None:
+        """Copy the raw request values a record needs, so the request itself can be let go.
+
+        About half a microsecond of dict lookups on the request thread; everything
+        derived from them is left to whoever builds the record.
+        """
+        if self.environ_values is None:
+            req = self.request
+            environ = req.environ
+            self.environ_values = tuple(map(environ.get, ENVIRON_KEYS))
+            self.authorization = "HTTP_AUTHORIZATION" in environ
+            self.view_args = req.view_args
 
     @property
     def record(self) -> UsageRecord:
-        """The request's ``UsageRecord``, built on first use (only after ``finish`` began)."""
+        """The request's ``UsageRecord``, built on first use (after ``finish`` began), on any thread."""
         if self._record is None:
             self._record = record_from_state(self)
         return self._record

@@ -345,3 +345,35 @@ def test_non_utf8_and_odd_headers_are_kept_readable() -> None:
     assert record.user_agent == "bot \ufffd\ufffd"
     assert record.language is None
     assert record.url_args == {"x": "\ufffd"}
+
+
+def test_queued_rows_are_built_off_the_request_and_release_it() -> None:
+    import gc
+    import weakref
+
+    from flask import request
+
+    storage = ListStorage()
+    app = build_app({"TRACK_USAGE_FLUSH_INTERVAL": 3600, "TRACK_USAGE_BATCH_SIZE": 100})
+    track = TrackUsage(app, storage, registry=CollectorRegistry())
+    requests_seen: list[weakref.ref[Any]] = []
+
+    @app.after_request
+    def remember(response: Response) -> Response:
+        requests_seen.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        return response
+
+    app.test_client().get("/items/5?x=1", headers={"User-Agent": "curl/8.5.0", "Authorization": "Bearer s"})
+    gc.collect()
+    assert storage.records == [], "nothing is written on the request path"
+    assert requests_seen[0]() is None, "the queued row must not keep the request alive"
+    with app.app_context():
+        assert track.flush()
+    (record,) = storage.records
+    assert (record.path, record.route, record.url_args, record.view_args) == (
+        "/items/5",
+        "/items/<int:item_id>",
+        {"x": "1"},
+        {"item_id": 5},
+    )
+    assert (record.user_agent, record.authorization, record.status) == ("curl/8.5.0", True, 200)

@@ -46,6 +46,9 @@ class BatchWriter:
     :param metrics: Prometheus metrics for the queue length and the written / dropped / failed counts, or None.
     :param min_backoff: first retry delay in seconds after a failed write; doubles on each failure.
     :param max_backoff: longest retry delay in seconds.
+    :param prepare: turns each queued item into the record ``storage.store`` takes, on the
+        writer's thread, once per item (not again on a retry); an item it fails on is
+        dropped and counted. Default: items are records already.
     :param is_transient: tells a passing failure (the database is down: retry the batch) from
         one that retrying cannot fix (a row the database rejects: write the rows one by one and
         drop those that still fail). Default: the storage's ``is_transient_error``, else every
@@ -63,6 +66,7 @@ class BatchWriter:
         min_backoff: float = 0.1,
         max_backoff: float = 15.0,
         is_transient: Callable[[BaseException], bool] | None = None,
+        prepare: Callable[[Any], Any] | None = None,
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval <= 0 or min_backoff <= 0 or max_backoff < min_backoff:
             raise ValueError("queue_size and batch_size must be >= 1, intervals > 0 and max_backoff >= min_backoff")
@@ -73,6 +77,7 @@ class BatchWriter:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self._metrics = metrics
+        self._prepare = prepare
         self._is_transient = is_transient or getattr(storage, "is_transient_error", None) or (lambda exc: True)
         self._closed = False
         self._reset()
@@ -192,6 +197,8 @@ class BatchWriter:
             except IndexError:  # emptied under us: only possible after a fork reset
                 pass
             self._pending = len(batch)
+            if self._prepare is not None:
+                batch = self._prepared(batch)
             written = not batch or self._write_with_retry(batch)
             if not written:  # shut down while the database is down: put the batch back and stop
                 queue.extendleft(reversed(batch))
@@ -205,6 +212,18 @@ class BatchWriter:
         with self._idle:
             self._busy = False
             self._idle.notify_all()
+
+    def _prepared(self, items: list[Any]) -> list[Any]:
+        prepare = self._prepare
+        assert prepare is not None
+        records: list[Any] = []
+        for item in items:
+            try:
+                records.append(prepare(item))
+            except Exception as exc:  # one bad item never blocks the queue
+                self._count_error(exc)
+                self._count_drop()
+        return records
 
     def _write_with_retry(self, batch: list[Any]) -> bool:
         """Write one batch, retrying with backoff; False when shutdown's deadline passed while it still fails."""

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from flask import current_app, has_app_context
 
+from ..record import UsageRecord
 from ..sinks import RequestState, Sink
 from .batch import BatchWriter
 
@@ -34,18 +35,19 @@ class StorageSink(Sink):
                 batch_size=settings.batch_size,
                 flush_interval=settings.flush_interval,
                 metrics=metrics,
+                # The request thread queues its state; the writer builds the record from it.
+                prepare=_record_of,
             )
 
     def finish(self, state: RequestState) -> None:
-        record = state.record
         if self._bind_app is not None and has_app_context():
             bind, self._bind_app = self._bind_app, None
             bind(current_app._get_current_object())  # type: ignore[attr-defined]
         writer = self.writer
         if writer is not None:
-            writer.put(record)
+            writer.put(state)
             return
-        self.storage.store([record])
+        self.storage.store([state.record])
         if self._metrics is not None:
             self._metrics.storage_rows_written.inc()
 
@@ -55,3 +57,8 @@ class StorageSink(Sink):
     def shutdown(self, timeout: float | None = None) -> None:
         if self.writer is not None:
             self.writer.shutdown(timeout)
+
+
+def _record_of(item: RequestState | UsageRecord) -> UsageRecord:
+    # A batch put back after a failed shutdown write holds records already.
+    return item.record if isinstance(item, RequestState) else item
