@@ -274,24 +274,29 @@ HTTP_DB_URL_ENV = "BENCH_HTTP_DB_URL"
 
 
 def http_app() -> Flask:
-    """Gunicorn's app factory: bare, or ours with every part that is available switched on."""
+    """Gunicorn's app factory: bare, or ours with Prometheus, + SQL rows, or every available part."""
     app = build_app("bench_http")
-    if os.environ.get(HTTP_VARIANT_ENV, "bare") == "bare":
+    variant = os.environ.get(HTTP_VARIANT_ENV, "bare")
+    if variant == "bare":
         return app
     from flask_usage_otel import TrackUsage
 
     workdir = Path(os.environ.get(HTTP_WORKDIR_ENV) or ".")
     kwargs: dict[str, Any] = {}
-    try:
-        kwargs["storage"] = our_sql_storage(os.environ.get(HTTP_DB_URL_ENV) or f"sqlite:///{workdir / 'http.db'}")
-    except Unavailable as exc:
-        print(f"bench_http: running without SQL storage: {exc}", file=sys.stderr)
-    try:
-        require_our_otel()
-        kwargs["tracer_provider"] = _tracer_provider()
-        app.config["TRACK_USAGE_OTEL"] = True
-    except Unavailable as exc:
-        print(f"bench_http: running without OTel spans: {exc}", file=sys.stderr)
+    if variant in {"ours_prometheus_sql", "ours_everything"}:
+        try:
+            kwargs["storage"] = our_sql_storage(
+                os.environ.get(HTTP_DB_URL_ENV) or f"sqlite:///{workdir / f'http-{os.getpid()}.db'}"
+            )
+        except Unavailable as exc:
+            print(f"bench_http: running without SQL storage: {exc}", file=sys.stderr)
+    if variant == "ours_everything":
+        try:
+            require_our_otel()
+            kwargs["tracer_provider"] = _tracer_provider()
+            app.config["TRACK_USAGE_OTEL"] = True
+        except Unavailable as exc:
+            print(f"bench_http: running without OTel spans: {exc}", file=sys.stderr)
     # Prometheus in gunicorn's multiprocess mode (PROMETHEUS_MULTIPROC_DIR set by bench_http).
     TrackUsage(app, **kwargs)
     return app

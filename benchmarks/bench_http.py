@@ -32,7 +32,12 @@ from typing import Any
 from apps import HTTP_DB_URL_ENV, HTTP_VARIANT_ENV, HTTP_WORKDIR_ENV, PATHS
 from report import BENCH_DIR, RESULTS_DIR, format_table, machine_info, print_targets, write_json
 
-VARIANTS = {"bare": "bare Flask", "ours_everything": "ours: everything available on"}
+VARIANTS = {
+    "bare": "bare Flask",
+    "ours_prometheus": "ours: Prometheus (multiprocess)",
+    "ours_prometheus_sql": "ours: Prometheus + SQL rows",
+    "ours_everything": "ours: everything available on",
+}
 WORKERS = 2
 STARTUP_TIMEOUT = 30.0
 THROUGHPUT_TARGET = 0.9
@@ -243,11 +248,14 @@ def run_python_load(port: int, duration: float, connections: int) -> dict[str, A
 def run_benchmark(
     duration: float, connections: int, rounds: int, db_url: str | None = None, force_python: bool = False
 ) -> dict[str, Any]:
-    """Alternate bare and ours for ``rounds`` pairs (ABBA order); what the JSON file holds."""
+    """Run every variant ``rounds`` times, in forward then reverse order; what the JSON file holds.
+
+    The partial variants say where the cost of "everything on" comes from.
+    """
     wrk = None if force_python else shutil.which("wrk")
     order: list[str] = []
     for r in range(rounds):
-        order += ["bare", "ours_everything"] if r % 2 == 0 else ["ours_everything", "bare"]
+        order += list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
     samples: dict[str, list[dict[str, Any]]] = {key: [] for key in VARIANTS}
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     try:
@@ -257,12 +265,12 @@ def run_benchmark(
                     sample = run_wrk(wrk, server.port, duration, connections, workdir)
                 else:
                     sample = run_python_load(server.port, duration, connections)
-                notes = server.log_tail() if variant != "bare" else ""
+                notes = server.log_tail() if variant == "ours_everything" else ""
             prefix = "bench_http: "
             sample["server_notes"] = [line[len(prefix) :] for line in notes.splitlines() if line.startswith(prefix)]
             samples[variant].append(sample)
             print(
-                f"  {variant:16} {sample['requests_per_s']:9,.0f} req/s  p50 {sample['p50_ms']:.2f} ms"
+                f"  {variant:20} {sample['requests_per_s']:9,.0f} req/s  p50 {sample['p50_ms']:.2f} ms"
                 f"  p99 {sample['p99_ms']:.2f} ms  errors {sample['errors']}",
                 flush=True,
             )

@@ -695,7 +695,27 @@ def _make_engine(conn_str: str, options: dict[str, Any]) -> sa.Engine:
         options.setdefault("poolclass", StaticPool)
         options.setdefault("connect_args", {"check_same_thread": False})
         options.pop("pool_pre_ping", None)
-    return sa.create_engine(url, **options)
+    engine = sa.create_engine(url, **options)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
+    return engine
+
+
+def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
+    """WAL journal, fsync at checkpoints, and a wait instead of an error when locked.
+
+    With SQLite's defaults every batch costs several fsyncs, readers (``get_usage``)
+    block the writer, and two gunicorn workers writing one file fail with "database is
+    locked". WAL with ``synchronous=NORMAL`` is SQLite's own advice for this: a
+    committed batch survives a crash of the app; a power cut may lose the last ones.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
 
 
 def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
