@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -74,7 +75,11 @@ def test_rows_survive_a_postgres_restart_exactly_once() -> None:
         for thread in threads:
             thread.join(60)
         assert statuses == [200] * (50 + THREADS * REQUESTS_PER_THREAD)  # the app never noticed
-        assert writer.write_errors > 0  # it really was down
+        # It really was down: the writer tried and failed (it may not have run yet, so wait, bounded).
+        deadline = time.monotonic() + 15
+        while writer.write_errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.write_errors > 0
     finally:
         pg_ctl("start")
         assert wait_port(5432), "PostgreSQL did not come back"
