@@ -1,11 +1,14 @@
-"""Helpers shared by the whole suite: the test app and a reader for the request counter."""
+"""Helpers shared by the whole suite: the test app, an in-memory storage and a reader for the request counter."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort
 from prometheus_client import CollectorRegistry
+
+from flask_usage_otel import UsageRecord
 
 
 def build_app(config: dict[str, Any] | None = None) -> Flask:
@@ -66,3 +69,16 @@ class Requests:
             for s in m.samples
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
+
+
+class ListStorage:
+    """A storage that keeps records in a list (written synchronously with ``TRACK_USAGE_SYNC_WRITES``)."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def store(self, records: Sequence[UsageRecord]) -> None:
+        self.records.extend(records)
+
+    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in reversed(self.records)]

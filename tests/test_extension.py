@@ -14,20 +14,7 @@ from flask import Flask, Response, g, stream_with_context
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage, UsageRecord
-from tests.conftest import Requests, build_app
-
-
-class ListStorage:
-    """A storage that keeps records in memory (written synchronously in these tests)."""
-
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-
-    def store(self, records: Sequence[UsageRecord]) -> None:
-        self.records.extend(records)
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in reversed(self.records)]
+from tests.conftest import ListStorage, Requests, build_app
 
 
 def _tracked(config: dict[str, Any] | None = None) -> tuple[Flask, ListStorage, Requests]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -10,20 +9,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from flask_usage_otel import TrackUsage, UsageRecord
-from tests.conftest import Requests, build_app
-
-
-class ListStorage:
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-
-    def store(self, records: Sequence[UsageRecord]) -> None:
-        self.records.extend(records)
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
-
+from flask_usage_otel import TrackUsage
+from tests.conftest import ListStorage, Requests, build_app
 
 BARE = build_app({"TESTING": False})
 REGISTRY = CollectorRegistry()

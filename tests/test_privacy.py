@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import ConfigError, TrackUsage, UsageRecord
 from flask_usage_otel.privacy import Anonymizer, truncate_address
-from tests.conftest import build_app
-
-
-class ListStorage:
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-
-    def store(self, records: Sequence[UsageRecord]) -> None:
-        self.records.extend(records)
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.records]
+from tests.conftest import ListStorage, build_app
 
 
 def _record(config: dict[str, Any], **request: Any) -> UsageRecord:

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_helpers import ListStorage, server_spans
+from otel_helpers import server_spans
+
+from tests.conftest import ListStorage
 
 
 @pytest.fixture(params=["instrumented-before-init_app", "instrumented-after-init_app"])

@@ -11,10 +11,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_helpers import ListStorage, only_server_span
+from otel_helpers import only_server_span
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage
+from tests.conftest import ListStorage
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
