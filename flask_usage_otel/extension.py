@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import sys
 import threading
@@ -133,7 +134,7 @@ class _AppTracker:
         # responses finish at teardown like plain ones.
         if response.is_streamed and not response.direct_passthrough and not state.streamed:
             state.streamed = True
-            finish = _FinishOnce(self, state)
+            finish = functools.partial(self.finish, state)
             # Time the body, not the view: finish when the iterator is exhausted or
             # closed, whichever comes first.
             response.response = _TimedBody(response.response, finish)
@@ -235,23 +236,12 @@ def _default_username(req: Any) -> str | None:
     return None
 
 
-class _FinishOnce:
-    __slots__ = ("_state", "_tracker")
-
-    def __init__(self, tracker: _AppTracker, state: RequestState) -> None:
-        self._tracker = tracker
-        self._state = state
-
-    def __call__(self) -> None:
-        self._tracker.finish(self._state)
-
-
 class _TimedBody:
     """Wraps a streamed body so the request finishes when the body is done."""
 
     __slots__ = ("_body", "_finish")
 
-    def __init__(self, body: Iterable[Any], finish: _FinishOnce) -> None:
+    def __init__(self, body: Iterable[Any], finish: Callable[[], None]) -> None:
         self._body = body
         self._finish = finish
 
@@ -315,6 +305,10 @@ class TrackUsage:
                 "(one TrackUsage object may serve several apps)."
             )
         settings = load_settings(app.config)
+        # Every check that can refuse the app runs before anything is registered on it.
+        serve_metrics = settings.metrics_path is not None and settings.prometheus
+        if serve_metrics and settings.metrics_path in {r.rule for r in app.url_map.iter_rules()}:
+            raise ConfigError("TRACK_USAGE_METRICS_PATH", f"{settings.metrics_path!r} is already a route of the app")
         storages = _as_list(storage if storage is not None else self._storage)
         multiprocess = multiprocess_dir() is not None
         registry = self._registry
@@ -354,11 +348,7 @@ class TrackUsage:
         app.after_request_funcs.setdefault(None, []).insert(0, tracker.after_request)
         app.teardown_request_funcs.setdefault(None, []).insert(0, tracker.teardown_request)
 
-        if settings.metrics_path is not None and settings.prometheus:
-            if settings.metrics_path in {r.rule for r in app.url_map.iter_rules()}:
-                raise ConfigError(
-                    "TRACK_USAGE_METRICS_PATH", f"{settings.metrics_path!r} is already a route of the app"
-                )
+        if serve_metrics:
             self._filter.never_track(METRICS_ENDPOINT)
             app.add_url_rule(
                 settings.metrics_path,

@@ -129,6 +129,10 @@ def test_metrics_path_clash_with_a_route_is_refused() -> None:
     app.add_url_rule("/metrics", "mine", lambda: "mine")
     with pytest.raises(ConfigError, match="TRACK_USAGE_METRICS_PATH"):
         TrackUsage(app, registry=CollectorRegistry())
+    # Refused means untouched: no hooks, no extension, so a corrected init_app can follow.
+    assert "track_usage" not in app.extensions
+    assert not app.before_request_funcs.get(None)
+    assert app.test_client().get("/metrics").get_data() == b"mine"
 
 
 def test_one_registry_two_bucket_layouts_is_refused() -> None:
