@@ -711,9 +711,11 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> No
     """
     cursor = dbapi_connection.cursor()
     try:
+        # The busy timeout first: switching to WAL takes a lock that another process
+        # opening the same file at the same moment (gunicorn workers) may hold.
+        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
     finally:
         cursor.close()
 
