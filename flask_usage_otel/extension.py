@@ -18,7 +18,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter, blueprint_of, path_is_excluded
-from .privacy import Anonymizer
+from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
 from .record import UNMATCHED_ROUTE, RecordContext
 from .sinks import RequestState, Sink, overrides
@@ -430,7 +430,8 @@ def _record_context(app: Flask, settings: Settings) -> RecordContext:
             geoip = GeoIP(settings.geoip_db)
         except Exception as exc:  # missing file, not a MaxMind DB (InvalidDatabaseError), no permission
             raise ConfigError("TRACK_USAGE_GEOIP_DB", f"cannot open {settings.geoip_db!r}: {exc}") from None
-    return RecordContext(app.name, anonymizer, geoip)
+    redactor = QueryRedactor(settings.redact_query_params) if settings.redact_query_params else None
+    return RecordContext(app.name, anonymizer, geoip, redactor)
 
 
 def _as_list(storage: Storage | Sequence[Storage] | None) -> list[Storage]:
