@@ -404,6 +404,28 @@ class TrackUsage:
         """Write out every queued row of the current app's storages; True when none is left."""
         return all(sink.flush(timeout) for sink in self._tracker().sinks)
 
+    def forget(self, username: str | None = None, remote_addr: str | None = None) -> int:
+        """Delete a person's rows from the current app's storages (an erasure request); returns how many.
+
+        Queued rows are written first, so none escapes. The values given are transformed as
+        the app wrote them (``TRACK_USAGE_ANONYMIZE_IP``, column widths), so the raw address
+        or user id finds the rows.
+
+        :raises flask_usage_otel.privacy.ErasureRefused: addresses are stored truncated, which
+            cannot single out a person (nothing is deleted).
+        :raises RuntimeError: no storage of the app can delete rows.
+        """
+        if username is None and remote_addr is None:
+            raise ValueError("forget needs a username, a remote_addr or both")
+        tracker = self._tracker()
+        storages = [s for s in tracker.storages if callable(getattr(s, "forget", None))]
+        if not storages:
+            raise RuntimeError("this app has no storage that can delete rows (SQLStorage can)")
+        self.flush()
+        anonymizer = tracker.record_context.anonymizer
+        options: dict[str, Any] = {} if anonymizer is None else {"anonymizer": anonymizer}
+        return sum(s.forget(username=username, remote_addr=remote_addr, **options) for s in storages)  # type: ignore[attr-defined]
+
     def storages(self) -> list[Storage]:
         """The storages of the current app (inside an app context, or the only app)."""
         return list(self._tracker().storages)
