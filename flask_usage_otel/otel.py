@@ -626,7 +626,8 @@ def _enabled_by_default(tracer_provider: Any) -> bool:
         return True
     # A global provider can only have been set if the API is loaded already (or named by
     # OTEL_PYTHON_TRACER_PROVIDER): asking costs an app without OpenTelemetry no import.
-    if "opentelemetry.trace" in sys.modules or os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"):
+    named = os.environ.get("OTEL_PYTHON_TRACER_PROVIDER") and _importable("opentelemetry.trace")
+    if sys.modules.get("opentelemetry.trace") is not None or named:
         from opentelemetry import trace
 
         if _is_configured(trace.get_tracer_provider()):
