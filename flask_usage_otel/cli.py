@@ -243,8 +243,7 @@ def summary(by: str, period: str, since: datetime | None, until: datetime | None
         click.echo(json.dumps(rows, default=_json_default, ensure_ascii=False, indent=2))
         return
     if fmt == "csv":
-        out = click.get_text_stream("stdout")
-        writer = csv.writer(out)
+        writer = csv.writer(sys.stdout)
         writer.writerow(columns)
         for row in rows:
             # The grouped value (a url, a user agent...) is client-chosen: never a formula in a spreadsheet.
