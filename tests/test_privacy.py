@@ -331,3 +331,19 @@ def test_non_ascii_bearer_token_matches_the_bytes_the_client_sent() -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_privacy_doc_examples_run(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        script = tmp_path / "example.py"
+        script.write_text(code)
+        result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted 0 rows\n"
