@@ -532,8 +532,8 @@ def configure_opentelemetry(
     :param metrics: also set up a global SDK ``MeterProvider`` exporting periodically the same way
         (for ``TRACK_USAGE_OTEL_METRICS``).
     :returns: the global tracer provider. One set up already (by ``opentelemetry-instrument``
-        or an earlier call) is returned unchanged, with an :class:`OpenTelemetryNotConfiguredWarning`
-        when it is not an SDK provider.
+        or an earlier call) is kept and returned unchanged, so calling this under the launcher
+        is harmless.
     :raises ValueError: unknown exporter, or OpenTelemetry's SDK or exporter package is missing.
     """
     if not _importable("opentelemetry.sdk.trace"):
