@@ -239,7 +239,10 @@ def test_a_failed_batch_logs_no_secret(tmp_path: Path, caplog: pytest.LogCapture
         assert track.flush(timeout=0.5) is False
     failures = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert failures
+    for sink in track._trackers[app].sinks:  # stop the writer now, inside the captured logs
+        sink.shutdown(timeout=0.1)
     logged = "\n".join(r.getMessage() + (caplog.handler.format(r)) for r in caplog.records)
+    assert "rows not written" in logged
     assert not any(secret in logged for secret in SECRETS)
 
 
