@@ -413,7 +413,8 @@ class TrackUsage:
 
         :raises flask_usage_otel.privacy.ErasureRefused: addresses are stored truncated, which
             cannot single out a person (nothing is deleted).
-        :raises RuntimeError: no storage of the app can delete rows.
+        :raises RuntimeError: no storage of the app can delete rows, or its queued rows could
+            not be written first (nothing is deleted then).
         """
         if username is None and remote_addr is None:
             raise ValueError("forget needs a username, a remote_addr or both")
@@ -421,7 +422,9 @@ class TrackUsage:
         storages = [s for s in tracker.storages if callable(getattr(s, "forget", None))]
         if not storages:
             raise RuntimeError("this app has no storage that can delete rows (SQLStorage can)")
-        self.flush()
+        if not self.flush():
+            # A row still queued would be written after the erasure and outlive it.
+            raise RuntimeError("the queued rows could not be written (is the database up?); nothing was deleted")
         anonymizer = tracker.record_context.anonymizer
         options: dict[str, Any] = {} if anonymizer is None else {"anonymizer": anonymizer}
         return sum(s.forget(username=username, remote_addr=remote_addr, **options) for s in storages)  # type: ignore[attr-defined]

@@ -112,3 +112,17 @@ def test_storage_forget_without_the_anonymizer_matches_stored_values(storage: SQ
     assert storage.forget(remote_addr="::ffff:192.0.2.1") == PERSONS_ROWS  # any spelling of the address
     with pytest.raises(ValueError, match="needs a username"):
         storage.forget()
+
+
+def test_nothing_is_deleted_when_queued_rows_cannot_be_written_first(tmp_path: Any) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}", create_tables=False)
+    app = Flask("queued")
+    app.config.update(TRACK_USAGE_FLUSH_INTERVAL=0.05)
+    app.add_url_rule("/", "index", lambda: "ok")
+    track = TrackUsage(app, storage, registry=CollectorRegistry())
+    app.test_client().get("/", environ_base={"REMOTE_ADDR": PERSON})  # queued; its table does not exist
+    track.flush = lambda timeout=10.0: False  # type: ignore[method-assign]  # as if the database were down
+    with app.app_context(), pytest.raises(RuntimeError, match="nothing was deleted"):
+        track.forget(remote_addr=PERSON)
+    for sink in track._trackers[app].sinks:
+        sink.shutdown(timeout=0.1)
