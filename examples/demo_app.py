@@ -6,6 +6,11 @@ Storage is configured from the environment:
 
 - ``USAGE_DB_URL``: an SQLAlchemy URL for raw rows (for example ``sqlite:///usage.db``);
   unset means metrics only.
+
+Traces: when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_TRACES_EXPORTER``) is
+set, the factory sets up the OpenTelemetry SDK itself with ``configure_opentelemetry`` (the
+app's choice, made in each gunicorn worker after the fork; the library never does it). Run
+under ``opentelemetry-instrument`` instead and the factory keeps the provider it set up.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def create_app(config: dict[str, Any] | None = None, **track_usage_options: Any)
     :param config: extra Flask config (``TRACK_USAGE_*`` keys and others).
     :param track_usage_options: passed to ``TrackUsage`` (``registry=``, ``tracer_provider=``...).
     """
+    if "tracer_provider" not in track_usage_options and _export_asked_for():
+        from flask_usage_otel import configure_opentelemetry
+
+        configure_opentelemetry("flask-demo")
     app = Flask("demo")
     app.config["TRACK_USAGE_EXCLUDE_PATHS"] = [r"/healthz", r"/static/.*"]
     app.config.update(config or {})
@@ -81,3 +90,8 @@ def create_app(config: dict[str, Any] | None = None, **track_usage_options: Any)
         storage = SQLStorage(db_url)
     TrackUsage(app, storage, **track_usage_options)
     return app
+
+
+def _export_asked_for() -> bool:
+    exporters = {n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()}
+    return bool(exporters - {"none"}) or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))

@@ -25,6 +25,7 @@ __all__ = [
     "TrackUsage",
     "UsageRecord",
     "__version__",
+    "configure_opentelemetry",
 ]
 
 
@@ -38,4 +39,8 @@ def __getattr__(name: str) -> object:
         from .otel import OtelSink
 
         return OtelSink
+    if name == "configure_opentelemetry":
+        from .otel import configure_opentelemetry
+
+        return configure_opentelemetry
     raise AttributeError(f"module 'flask_usage_otel' has no attribute {name!r}")

@@ -18,6 +18,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .privacy import ErasureRefused, spreadsheet_safe
 from .storage.base import SUMMARY_BY, SUMMARY_PERIODS
 
 _DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
@@ -199,6 +200,9 @@ def _csv_values(row: dict[str, Any]) -> list[Any]:
             value = value.isoformat()
         elif isinstance(value, dict | list):
             value = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, str):
+            # A path, user agent or user name is client-chosen: never a formula once opened in a spreadsheet.
+            value = spreadsheet_safe(value)
         values.append("" if value is None else value)
     return values
 
@@ -238,13 +242,21 @@ def summary(by: str, period: str, since: datetime | None, until: datetime | None
     if fmt == "json":
         click.echo(json.dumps(rows, default=_json_default, ensure_ascii=False, indent=2))
         return
-    cells = [[_cell(row[c], period if c == "period" else None) for c in columns] for row in rows]
     if fmt == "csv":
-        out = click.get_text_stream("stdout")
-        writer = csv.writer(out)
+        writer = csv.writer(sys.stdout)
         writer.writerow(columns)
-        writer.writerows(cells)
+        for row in rows:
+            # The grouped value (a url, a user agent...) is client-chosen: never a formula in a spreadsheet.
+            key = row[by]
+            writer.writerow(
+                [
+                    _cell(row["period"], period),
+                    spreadsheet_safe(key) if isinstance(key, str) else ("" if key is None else key),
+                    *(row[c] for c in columns[2:]),
+                ]
+            )
         return
+    cells = [[_printable(_cell(row[c], period if c == "period" else None)) for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     numeric = {"hits", "request_bytes", "response_bytes", "avg_speed"}
     for line in [columns, *cells]:
@@ -256,6 +268,11 @@ def summary(by: str, period: str, since: datetime | None, until: datetime | None
         )
     if not cells:
         click.echo("(no rows)")
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters: a stored value must not drive the terminal (escape sequences)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _cell(value: Any, period: str | None) -> str:
@@ -270,10 +287,14 @@ def _cell(value: Any, period: str | None) -> str:
 
 @usage.command("forget")
 @click.option("--username", help="Delete every row of this user.")
-@click.option("--remote-addr", help="Delete every row from this client address.")
+@click.option("--remote-addr", help="Delete every row from this client address (raw; anonymized as the app does).")
 def forget(username: str | None, remote_addr: str | None) -> None:
     """Delete a person's rows (an erasure request), by user name and/or client address."""
     if username is None and remote_addr is None:
         raise click.UsageError("give --username, --remote-addr or both")
-    deleted = _storage("forget").forget(username=username, remote_addr=remote_addr)
+    _storage("forget")  # the same refusals as the other commands when there is nothing to delete from
+    try:
+        deleted = current_app.extensions["track_usage"].forget(username=username, remote_addr=remote_addr)
+    except ErasureRefused as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"deleted {deleted} rows")

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .privacy import DEFAULT_REDACTED_QUERY_PARAMS
+
 PREFIX = "TRACK_USAGE_"
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -75,6 +77,7 @@ class Settings:
     anonymize_ip: str | None = None
     anonymize_ip_key: bytes | None = None
     geoip_db: str | None = None
+    redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
     # storage (SQL persistence)
     queue_size: int = 10_000
     batch_size: int = 500
@@ -84,7 +87,6 @@ class Settings:
     otel: bool | None = None
     otel_metrics: bool | None = None
     otel_capture_user: bool = False
-    otel_exporter: str | None = None
 
 
 # key -> (Settings field, parser). Parsers raise ConfigError naming the key.
@@ -228,10 +230,14 @@ def _secret(key: str, value: Any) -> bytes | None:
     raise ConfigError(key, "must be a non-empty string or bytes")
 
 
-def _otel_exporter(key: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    return _choice("otlp", "console", "none")(key, value)
+def _query_params(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+        raise ConfigError(key, f"must be a list of query parameter names (empty to redact none), got {value!r}")
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str) or not name or "&" in name or "=" in name:
+            raise ConfigError(key, f"must contain query parameter names, got {name!r}")
+    return names
 
 
 _KEYS: dict[str, tuple[str, Parser]] = {
@@ -248,6 +254,7 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "ANONYMIZE_IP": ("anonymize_ip", _anonymize_ip),
     "ANONYMIZE_IP_KEY": ("anonymize_ip_key", _secret),
     "GEOIP_DB": ("geoip_db", _optional_str),
+    "REDACT_QUERY_PARAMS": ("redact_query_params", _query_params),
     "QUEUE_SIZE": ("queue_size", _int_range(1, 10_000_000)),
     "BATCH_SIZE": ("batch_size", _int_range(1, 100_000)),
     "FLUSH_INTERVAL": ("flush_interval", _positive_seconds),
@@ -255,13 +262,20 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "OTEL": ("otel", _optional_bool),
     "OTEL_METRICS": ("otel_metrics", _optional_bool),
     "OTEL_CAPTURE_USER": ("otel_capture_user", _bool),
-    "OTEL_EXPORTER": ("otel_exporter", _otel_exporter),
 }
 
 # Flask-Track-Usage's keys: accepted so an existing config keeps working.
 _LEGACY_KEYS = frozenset({"USE_FREEGEOIP", "FREEGEOIP_ENDPOINT", "COOKIE"})
 
-KNOWN_KEYS: frozenset[str] = frozenset(PREFIX + k for k in (*_KEYS, *_LEGACY_KEYS))
+# Keys that no longer exist: any value but None fails with what to do instead.
+_REMOVED_KEYS: dict[str, str] = {
+    # A library must not install global OpenTelemetry providers (docs/opentelemetry.md).
+    "OTEL_EXPORTER": "flask-usage-otel no longer sets up OpenTelemetry export itself; run the app under "
+    "`opentelemetry-instrument`, or call flask_usage_otel.configure_opentelemetry(exporter=...) before "
+    "TrackUsage, or pass tracer_provider= (see docs/opentelemetry.md)",
+}
+
+KNOWN_KEYS: frozenset[str] = frozenset(PREFIX + k for k in (*_KEYS, *_LEGACY_KEYS, *_REMOVED_KEYS))
 
 
 def load_settings(config: Mapping[str, Any]) -> Settings:
@@ -271,6 +285,9 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     :raises ConfigError: a key has a value of the wrong type or out of range;
         the message starts with the key's name.
     """
+    for suffix, message in _REMOVED_KEYS.items():
+        if config.get(PREFIX + suffix) is not None:
+            raise ConfigError(PREFIX + suffix, message)
     values: dict[str, Any] = {}
     for suffix, (field_name, parse) in _KEYS.items():
         key = PREFIX + suffix

@@ -18,7 +18,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter, blueprint_of, path_is_excluded
-from .privacy import Anonymizer
+from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
 from .record import UNMATCHED_ROUTE, RecordContext
 from .sinks import RequestState, Sink, overrides
@@ -404,6 +404,31 @@ class TrackUsage:
         """Write out every queued row of the current app's storages; True when none is left."""
         return all(sink.flush(timeout) for sink in self._tracker().sinks)
 
+    def forget(self, username: str | None = None, remote_addr: str | None = None) -> int:
+        """Delete a person's rows from the current app's storages (an erasure request); returns how many.
+
+        Queued rows are written first, so none escapes. The values given are transformed as
+        the app wrote them (``TRACK_USAGE_ANONYMIZE_IP``, column widths), so the raw address
+        or user id finds the rows.
+
+        :raises flask_usage_otel.privacy.ErasureRefused: addresses are stored truncated, which
+            cannot single out a person (nothing is deleted).
+        :raises RuntimeError: no storage of the app can delete rows, or its queued rows could
+            not be written first (nothing is deleted then).
+        """
+        if username is None and remote_addr is None:
+            raise ValueError("forget needs a username, a remote_addr or both")
+        tracker = self._tracker()
+        storages = [s for s in tracker.storages if callable(getattr(s, "forget", None))]
+        if not storages:
+            raise RuntimeError("this app has no storage that can delete rows (SQLStorage can)")
+        if not self.flush():
+            # A row still queued would be written after the erasure and outlive it.
+            raise RuntimeError("the queued rows could not be written (is the database up?); nothing was deleted")
+        anonymizer = tracker.record_context.anonymizer
+        options: dict[str, Any] = {} if anonymizer is None else {"anonymizer": anonymizer}
+        return sum(s.forget(username=username, remote_addr=remote_addr, **options) for s in storages)  # type: ignore[attr-defined]
+
     def storages(self) -> list[Storage]:
         """The storages of the current app (inside an app context, or the only app)."""
         return list(self._tracker().storages)
@@ -430,7 +455,8 @@ def _record_context(app: Flask, settings: Settings) -> RecordContext:
             geoip = GeoIP(settings.geoip_db)
         except Exception as exc:  # missing file, not a MaxMind DB (InvalidDatabaseError), no permission
             raise ConfigError("TRACK_USAGE_GEOIP_DB", f"cannot open {settings.geoip_db!r}: {exc}") from None
-    return RecordContext(app.name, anonymizer, geoip)
+    redactor = QueryRedactor(settings.redact_query_params) if settings.redact_query_params else None
+    return RecordContext(app.name, anonymizer, geoip, redactor)
 
 
 def _as_list(storage: Storage | Sequence[Storage] | None) -> list[Storage]:

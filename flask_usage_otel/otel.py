@@ -22,12 +22,14 @@ import importlib.util
 import logging
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from flask import after_this_request
 
 from . import __version__
 from .config import ConfigError, Settings
+from .privacy import scrub_span_attributes
 from .prometheus import OTHER
 from .sinks import RequestState, Sink
 
@@ -49,7 +51,7 @@ _INSTRUMENTOR_SPAN = "opentelemetry-flask.span_key"
 _DEFERRED = object()
 """``state.context_token`` of a request whose span opentelemetry-instrumentation-flask starts."""
 
-_EXPORTERS = {"otlp": "otlp", "otlp_proto_http": "otlp", "console": "console", "none": None}
+_EXPORTERS = {"otlp": "otlp", "otlp_proto_http": "otlp", "otlp_proto_grpc": "otlp", "console": "console"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST_CACHE_LIMIT = 1024
 
@@ -219,7 +221,10 @@ class OtelSink(Sink):
     def _borrow(self, state: RequestState, span: Any) -> None:
         info = self._endpoint(state)
         span.update_name(info.name)
-        span.set_attributes(self._request_attributes(state, info, state.request.environ))
+        environ = state.request.environ
+        attributes = self._request_attributes(state, info, environ)
+        _scrub_foreign(state, span, environ, attributes)
+        span.set_attributes(attributes)
         state.span = _Borrowed(span)
         _set_ids(state, span.get_span_context())
 
@@ -250,6 +255,7 @@ class OtelSink(Sink):
             raised = sys.exc_info()[0]
             attributes["error.type"] = raised.__name__ if raised is not None else str(status)
             span.set_status(self._error)
+        _scrub_foreign(state, span, environ, attributes)
         span.update_name(info.name)
         span.set_attributes(attributes)
 
@@ -287,7 +293,8 @@ class OtelSink(Sink):
         attributes["url.scheme"] = scheme
         query = environ.get("QUERY_STRING")
         if query:
-            attributes["url.query"] = query
+            redactor = state.context.redactor
+            attributes["url.query"] = redactor.query(query) if redactor is not None else query
         if state.method_label == OTHER:
             attributes["http.request.method_original"] = state.method
         address, port = self._server(environ.get("HTTP_HOST"), scheme, environ)
@@ -359,6 +366,18 @@ class OtelSink(Sink):
         self._duration.record(state.speed, attributes, context)
 
 
+def _scrub_foreign(state: RequestState, span: Any, environ: dict[str, Any], attributes: dict[str, Any]) -> None:
+    """Add to ``attributes`` the anonymized or redacted values of what another instrumentation
+    put on the span (its ``net.peer.ip``, ``http.target``...), so no raw address or secret stays."""
+    context = state.context
+    if context.anonymizer is None and context.redactor is None:
+        return
+    # SDK spans expose their attributes; a span that does not cannot be read, only written.
+    found = getattr(span, "attributes", None)
+    for key, value in scrub_span_attributes(found, environ, context.anonymizer, context.redactor).items():
+        attributes.setdefault(key, value)
+
+
 def _set_ids(state: RequestState, span_context: Any) -> None:
     if span_context.trace_flags.sampled:
         state.trace_id = format(span_context.trace_id, "032x")
@@ -401,6 +420,22 @@ def _split_host(host: str | None, scheme: str, environ: dict[str, Any]) -> tuple
 
 
 # --- set-up -----------------------------------------------------------------------------
+#
+# A library never installs global providers (opentelemetry-instrumentation-flask does not
+# either): spans go through the tracer provider given to TrackUsage, else the global one,
+# which is a proxy until the app or `opentelemetry-instrument` sets the SDK up, and which
+# then forwards to the provider set, whenever that happens. ``configure_opentelemetry`` is
+# the explicit helper for apps that want the SDK set up in code.
+
+_TRACES_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_SET_UP_HINT = (
+    "run the app under `opentelemetry-instrument` (pip install opentelemetry-distro), or call "
+    "flask_usage_otel.configure_opentelemetry() before TrackUsage, or pass TrackUsage(tracer_provider=...)"
+)
+
+
+class OpenTelemetryNotConfiguredWarning(UserWarning):
+    """Spans or metrics are asked for, but no OpenTelemetry SDK is set up to export them."""
 
 
 def create_otel_sink(
@@ -412,38 +447,55 @@ def create_otel_sink(
     """The app's OTel sink, or None when OpenTelemetry is off for it.
 
     ``TRACK_USAGE_OTEL = False``: off. ``True``: on, with the given tracer provider or the
-    global one. ``None`` (default): on when ``opentelemetry-sdk`` is importable,
-    ``OTEL_SDK_DISABLED`` is not true, and one of these holds: a ``tracer_provider`` was
-    given, an exporter is configured (``TRACK_USAGE_OTEL_EXPORTER`` or ``OTEL_TRACES_EXPORTER``),
-    or the global tracer provider is an SDK ``TracerProvider`` when ``init_app`` runs.
+    global one. ``None`` (default): on when ``OTEL_SDK_DISABLED`` is not true and one of these
+    holds: a ``tracer_provider`` was given; the app (or ``opentelemetry-instrument``) set a
+    global tracer provider before ``init_app``; the environment asks for trace export
+    (``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``).
 
-    With an exporter configured and neither a ``tracer_provider`` given nor an SDK provider
-    set globally, an SDK ``TracerProvider`` with a ``BatchSpanProcessor`` is created, set as
-    the global provider and shut down at exit.
+    Never sets a global provider. When spans would go nowhere because no provider is set
+    up yet, it says so with an :class:`OpenTelemetryNotConfiguredWarning` naming what is missing.
 
-    :raises ConfigError: ``TRACK_USAGE_OTEL`` is True but opentelemetry is not installed, or
-        the OTLP exporter is asked for but not installed.
+    :raises ConfigError: ``TRACK_USAGE_OTEL`` (or ``TRACK_USAGE_OTEL_METRICS``) is True but
+        opentelemetry is not installed.
     """
     if settings.otel is False:
         return None
-    if settings.otel is None and not _enabled_by_default(settings, tracer_provider):
+    if settings.otel is None and not _enabled_by_default(tracer_provider):
         return None
     if not _importable("opentelemetry.trace"):
         raise ConfigError("TRACK_USAGE_OTEL", "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'")
 
-    owned: list[Any] = []
-    exporter = _exporter(settings)
-    tracer_provider = _provider("tracer", tracer_provider, exporter, app.name, owned)
+    if tracer_provider is None:
+        from opentelemetry import trace
+
+        tracer_provider = trace.get_tracer_provider()
+        if not _is_configured(tracer_provider):
+            why = (
+                "TRACK_USAGE_OTEL is True" if settings.otel else f"{_trace_export_variable()} is set in the environment"
+            )
+            _warn(
+                f"{why}, but no OpenTelemetry tracer provider is set up when init_app runs for app "
+                f"{app.name!r}: its spans are dropped until one is set globally. To export them, {_SET_UP_HINT}."
+            )
     meter = None
     if otel_metrics_enabled(settings):
-        meter_provider = _provider("meter", meter_provider, exporter, app.name, owned)
+        if meter_provider is None:
+            from opentelemetry import metrics
+
+            meter_provider = metrics.get_meter_provider()
+            if settings.otel_metrics and not _is_configured(meter_provider):
+                _warn(
+                    f"TRACK_USAGE_OTEL_METRICS is True, but no OpenTelemetry meter provider is set up when "
+                    f"init_app runs for app {app.name!r}: its measurements are dropped until one is set globally. "
+                    "To export them, run under `opentelemetry-instrument`, or call "
+                    "flask_usage_otel.configure_opentelemetry(metrics=True), or pass TrackUsage(meter_provider=...)."
+                )
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
 
     return OtelSink(
         tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__),
         meter,
         capture_user=settings.otel_capture_user,
-        owned_providers=tuple(owned),
     )
 
 
@@ -457,10 +509,57 @@ def otel_metrics_enabled(settings: Settings) -> bool:
     return not settings.prometheus
 
 
-def build_tracer_provider(exporter: str, service_name: str) -> Any:
+def configure_opentelemetry(
+    service_name: str | None = None,
+    *,
+    exporter: str | None = None,
+    metrics: bool = False,
+) -> Any:
+    """Set up the OpenTelemetry SDK for this process, as ``opentelemetry-instrument`` would.
+
+    The app calls this itself, once, at start-up (before ``TrackUsage``, so the
+    automatic mode sees it; in a gunicorn worker, from the app factory): it creates an SDK
+    ``TracerProvider`` exporting through a ``BatchSpanProcessor`` and sets it as the global
+    provider, so the app's own ``trace.get_tracer(...)`` spans nest under the server spans
+    and go to the same place. It is shut down (and flushed) at exit. ``TrackUsage`` itself
+    never sets a global provider.
+
+    :param service_name: ``service.name`` when ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``
+        name none.
+    :param exporter: ``"otlp"`` (OTLP over HTTP/protobuf, or gRPC when
+        ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=grpc``, to ``OTEL_EXPORTER_OTLP_*``) or
+        ``"console"``; default: ``OTEL_TRACES_EXPORTER``, else ``"otlp"``.
+    :param metrics: also set up a global SDK ``MeterProvider`` exporting periodically the same way
+        (for ``TRACK_USAGE_OTEL_METRICS``).
+    :returns: the global tracer provider. One set up already (by ``opentelemetry-instrument``
+        or an earlier call) is kept and returned unchanged, so calling this under the launcher
+        is harmless.
+    :raises ValueError: unknown exporter, or OpenTelemetry's SDK or exporter package is missing.
+    """
+    if not _importable("opentelemetry.sdk.trace"):
+        raise ValueError("configure_opentelemetry needs the OpenTelemetry SDK: pip install 'flask-usage-otel[otel]'")
+    from opentelemetry import trace
+
+    name = _exporter_name(exporter)
+    current = trace.get_tracer_provider()
+    if _is_configured(current):
+        provider = current  # opentelemetry-instrument, or the app, came first: theirs stays
+    else:
+        provider = build_tracer_provider(name, service_name)
+        trace.set_tracer_provider(provider)
+    if metrics:
+        from opentelemetry import metrics as metrics_api
+
+        if not _is_configured(metrics_api.get_meter_provider()):
+            metrics_api.set_meter_provider(build_meter_provider(name, service_name))
+    return provider
+
+
+def build_tracer_provider(exporter: str, service_name: str | None = None) -> Any:
     """An SDK ``TracerProvider`` exporting through a ``BatchSpanProcessor`` (``"otlp"`` or ``"console"``).
 
-    The OTLP/HTTP exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables, the resource
+    Not set globally: pass it to ``TrackUsage(tracer_provider=...)`` or ``trace.set_tracer_provider``.
+    The OTLP exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables, the resource
     reads ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``; ``service_name`` is used when they
     name no service. Spans are queued and exported by a background thread: a full queue drops
     spans, it never blocks a request.
@@ -468,93 +567,94 @@ def build_tracer_provider(exporter: str, service_name: str) -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    span_exporter = _otlp_exporter("trace", "OTLPSpanExporter") if exporter == "otlp" else ConsoleSpanExporter()
+    name = _exporter_name(exporter)
+    span_exporter = _otlp_exporter("trace", "OTLPSpanExporter") if name == "otlp" else ConsoleSpanExporter()
     provider = TracerProvider(resource=_resource(service_name))
     provider.add_span_processor(BatchSpanProcessor(span_exporter))
     return provider
 
 
-def build_meter_provider(exporter: str, service_name: str) -> Any:
+def build_meter_provider(exporter: str, service_name: str | None = None) -> Any:
     """An SDK ``MeterProvider`` exporting periodically (``"otlp"`` or ``"console"``) from a background thread."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 
-    metric_exporter = _otlp_exporter("metric", "OTLPMetricExporter") if exporter == "otlp" else ConsoleMetricExporter()
+    name = _exporter_name(exporter)
+    metric_exporter = _otlp_exporter("metric", "OTLPMetricExporter") if name == "otlp" else ConsoleMetricExporter()
     return MeterProvider(
         metric_readers=[PeriodicExportingMetricReader(metric_exporter)], resource=_resource(service_name)
     )
 
 
+def _exporter_name(exporter: str | None) -> str:
+    if exporter is None:
+        names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+        exporter = names[0] if names else "otlp"
+    name = _EXPORTERS.get(exporter.lower(), "") if isinstance(exporter, str) else ""
+    if not name:
+        raise ValueError(f"exporter must be 'otlp' or 'console', got {exporter!r}")
+    return name
+
+
 def _otlp_exporter(signal: str, class_name: str) -> Any:
+    protocol = os.environ.get(
+        f"OTEL_EXPORTER_OTLP_{signal.upper()}S_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    transport = "grpc" if protocol.strip().lower() == "grpc" else "http"
+    package = f"opentelemetry-exporter-otlp-proto-{transport}"
     try:
-        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.http.{signal}_exporter")
+        module = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.{signal}_exporter")
     except ImportError:
-        raise ConfigError(
-            "TRACK_USAGE_OTEL_EXPORTER", "'otlp' needs opentelemetry-exporter-otlp-proto-http (the otel extra)"
-        ) from None
+        raise ValueError(f"the 'otlp' exporter over {transport} needs {package}: pip install {package}") from None
     return getattr(module, class_name)()
 
 
-def _resource(service_name: str) -> Any:
+def _resource(service_name: str | None) -> Any:
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
     resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+    named = not str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service")
+    if service_name and not named:
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     return resource
 
 
-def _enabled_by_default(settings: Settings, tracer_provider: Any) -> bool:
+def _enabled_by_default(tracer_provider: Any) -> bool:
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    if not _importable("opentelemetry.sdk"):
-        return False
-    if tracer_provider is not None or _exporter(settings) is not None:
+    if tracer_provider is not None:
         return True
-    return _global_sdk_provider("tracer")
+    # A global provider can only have been set if the API is loaded already (or named by
+    # OTEL_PYTHON_TRACER_PROVIDER): asking costs an app without OpenTelemetry no import.
+    named = os.environ.get("OTEL_PYTHON_TRACER_PROVIDER") and _importable("opentelemetry.trace")
+    if sys.modules.get("opentelemetry.trace") is not None or named:
+        from opentelemetry import trace
+
+        if _is_configured(trace.get_tracer_provider()):
+            return True
+    # Export asked for in the environment but nothing set up: on, so that the missing set-up
+    # is reported at init_app (and a provider set later is used), not silently ignored.
+    return _trace_export_variable() is not None and _importable("opentelemetry.trace")
 
 
-def _exporter(settings: Settings) -> str | None:
-    """``TRACK_USAGE_OTEL_EXPORTER``, else the first of ``OTEL_TRACES_EXPORTER`` we know."""
-    if settings.otel_exporter is not None:
-        return _EXPORTERS[settings.otel_exporter]
-    for name in os.environ.get("OTEL_TRACES_EXPORTER", "").split(","):
-        name = name.strip().lower()
-        if name in _EXPORTERS:
-            return _EXPORTERS[name]
+def _trace_export_variable() -> str | None:
+    """The environment variable asking for trace export, if any."""
+    names = {n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()}
+    if names - {"none"}:
+        return "OTEL_TRACES_EXPORTER"
+    for variable in _TRACES_ENDPOINT_VARIABLES:
+        if os.environ.get(variable, "").strip():
+            return variable
     return None
 
 
-# kind -> (API module, SDK module, SDK provider class)
-_PROVIDER_MODULES = {
-    "tracer": ("opentelemetry.trace", "opentelemetry.sdk.trace", "TracerProvider"),
-    "meter": ("opentelemetry.metrics", "opentelemetry.sdk.metrics", "MeterProvider"),
-}
+def _is_configured(provider: Any) -> bool:
+    """Whether a global provider was set (by the app, a distro, opentelemetry-instrument), not the API's proxy."""
+    return "Proxy" not in type(provider).__name__  # ProxyTracerProvider, _ProxyMeterProvider
 
 
-def _provider(kind: str, given: Any, exporter: str | None, service_name: str, owned: list[Any]) -> Any:
-    """The given provider; else one built for the exporter and set globally, unless the app
-    configured an SDK provider itself; else the global one."""
-    if given is not None:
-        return given
-    api = importlib.import_module(_PROVIDER_MODULES[kind][0])
-    if exporter is None or _global_sdk_provider(kind):
-        return getattr(api, f"get_{kind}_provider")()
-    if not _importable(_PROVIDER_MODULES[kind][1]):
-        raise ConfigError("TRACK_USAGE_OTEL_EXPORTER", "needs opentelemetry-sdk: pip install 'flask-usage-otel[otel]'")
-    build = build_tracer_provider if kind == "tracer" else build_meter_provider
-    provider = build(exporter, service_name)
-    getattr(api, f"set_{kind}_provider")(provider)
-    owned.append(provider)
-    return provider
-
-
-def _global_sdk_provider(kind: str) -> bool:
-    api_name, sdk_name, class_name = _PROVIDER_MODULES[kind]
-    if not _importable(sdk_name):
-        return False
-    provider = getattr(importlib.import_module(api_name), f"get_{kind}_provider")()
-    return isinstance(provider, getattr(importlib.import_module(sdk_name), class_name))
+def _warn(message: str) -> None:
+    warnings.warn(message, OpenTelemetryNotConfiguredWarning, stacklevel=5)
 
 
 def _importable(module: str) -> bool:

@@ -1,11 +1,19 @@
-"""Client addresses made less personal before anything stores or exports them.
+"""Personal data made less personal before anything stores or exports it.
 
+Client addresses:
 ``TRACK_USAGE_ANONYMIZE_IP = "truncate"`` keeps the network and drops the host:
 IPv4 to its /24 (``192.0.2.0``), IPv6 to its /48 (``2001:db8:1::``), the same
 cut the major analytics tools make. ``"hash"`` replaces each address with a
 keyed hash (HMAC-SHA256 with ``TRACK_USAGE_ANONYMIZE_IP_KEY``), so one client's
 rows can still be grouped without the address being recoverable by anyone
-without the key.
+without the key. The same module turns an address into what its rows hold, for
+erasure (``stored_addresses``).
+
+Query strings: ``QueryRedactor`` replaces the values of secret parameters
+(``token``, ``password``, pre-signed URL signatures...) with ``REDACTED`` in rows,
+span attributes and anything derived from them.
+
+Exports: ``spreadsheet_safe`` neutralises cells a spreadsheet would run as formulas.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote_plus
 
 _UNKNOWN = "unknown"
 _MAX_CHAIN_ENTRIES = 32  # a forwarded chain longer than this is cut: nobody has 32 proxies
@@ -58,3 +69,257 @@ def truncate_address(address: str) -> str:
         ip = ip.ipv4_mapped
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+# -- erasure ---------------------------------------------------------------------------
+
+
+class ErasureRefused(ValueError):
+    """An erasure request that cannot single out one person's rows, so nothing was deleted."""
+
+
+def address_forms(address: str) -> list[str]:
+    """The spellings a WSGI server may have given for one client address, the given one first.
+
+    ``2001:DB8::1`` and ``2001:db8::1`` are the same client, and so are ``::ffff:192.0.2.1``
+    and ``192.0.2.1`` (a dual-stack socket): rows were stored under whichever the server gave.
+    """
+    forms = [address]
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return forms
+    candidates = [str(ip)]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(str(ip.ipv4_mapped))
+    elif isinstance(ip, ipaddress.IPv4Address):
+        candidates.append(f"::ffff:{ip}")
+    forms.extend(c for c in candidates if c not in forms)
+    return forms
+
+
+def stored_addresses(address: str, anonymizer: Anonymizer | None) -> list[str]:
+    """What the rows of ``address`` hold in ``remote_addr`` (and each ``xforwardedfor`` entry).
+
+    Applies the transformation the rows were written with: none, or the keyed hash.
+
+    :raises ErasureRefused: the rows keep truncated addresses (a /24 or /48 network that
+        other clients share), so no value singles this client out.
+    """
+    address = address.strip()
+    if not address:
+        raise ErasureRefused("remote_addr is empty")
+    if anonymizer is not None and anonymizer.mode == "truncate":
+        raise ErasureRefused(
+            "rows keep only truncated addresses (TRACK_USAGE_ANONYMIZE_IP = 'truncate'): "
+            f"{truncate_address(address)} is a network that other clients share, so erasing by address "
+            "would delete other people's rows; nothing was deleted. Erase by username instead: "
+            "the truncated address alone does not identify this person."
+        )
+    forms = address_forms(address)
+    if anonymizer is None:
+        return forms
+    return list(dict.fromkeys(a for a in map(anonymizer.address, forms) if a))
+
+
+# -- query strings ---------------------------------------------------------------------
+
+REDACTED = "REDACTED"
+"""What a redacted query value becomes (the OpenTelemetry HTTP conventions' word)."""
+
+DEFAULT_REDACTED_QUERY_PARAMS: tuple[str, ...] = (
+    # Named by the OpenTelemetry HTTP semantic conventions (url.query, url.full).
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Goog-Signature",
+    # Pre-signed URLs of the big object stores.
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "X-Goog-Credential",
+    # Tokens and passwords apps put in links (password resets, magic links, OAuth callbacks).
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "code",
+    "jwt",
+    "session",
+    "sessionid",
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "pwd",
+)
+"""``TRACK_USAGE_REDACT_QUERY_PARAMS`` by default. Names match case-insensitively, percent-decoded."""
+
+
+class QueryRedactor:
+    """Replaces the values of secret query parameters with ``REDACTED``, keeping everything else.
+
+    Built once per app; a query costs a split and a set lookup per parameter. Nothing is
+    cached: a cache of query strings would be a cache of secrets.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(name.lower() for name in names)
+
+    def query(self, query: str) -> str:
+        """``query`` (without ``?``) with the value of every listed parameter replaced."""
+        names = self.names
+        if not query or not names:
+            return query
+        # One pass of C-level string methods per parameter: a regular expression searching
+        # for any of the names (case-insensitive alternation) costs ten times as much.
+        parts = query.split("&")
+        changed = False
+        for index, part in enumerate(parts):
+            key, _, value = part.partition("=")
+            if not value:
+                continue
+            if "%" in key or "+" in key:
+                key = unquote_plus(key)
+            if key.lower() in names or key.strip().lower() in names:
+                parts[index] = part[: part.index("=")] + "=" + REDACTED
+                changed = True
+        return "&".join(parts) if changed else query
+
+    def url(self, url: str) -> str:
+        """A full URL with its query redacted (and ``user:password@`` replaced, as OTel asks for ``url.full``)."""
+        base, sep, rest = url.partition("?")
+        if "@" in base:
+            scheme, slashes, authority = base.partition("://")
+            if slashes and "@" in authority.split("/", 1)[0]:
+                host_and_path = authority.split("@", 1)[1]
+                base = f"{scheme}://{REDACTED}:{REDACTED}@{host_and_path}"
+        if not sep:
+            return base
+        query, hash_sign, fragment = rest.partition("#")
+        return f"{base}?{self.query(query)}{hash_sign}{fragment}"
+
+
+def redact_target(target: str, redactor: QueryRedactor) -> str:
+    """An HTTP request target (``/path?query``) with its query redacted."""
+    path, sep, query = target.partition("?")
+    return f"{path}?{redactor.query(query)}" if sep else target
+
+
+# -- other instrumentations' span attributes ---------------------------------------------
+
+CLIENT_ADDRESS_ATTRIBUTES = frozenset(
+    {
+        "client.address",
+        "client.socket.address",
+        "network.peer.address",
+        "net.peer.ip",
+        "net.peer.name",
+        "net.sock.peer.addr",
+        "net.sock.peer.name",
+        "http.client_ip",
+        "enduser.ip",
+    }
+)
+"""Attributes (current and older HTTP conventions) that hold the client's address."""
+
+_FORWARDING_HEADERS = frozenset(
+    {
+        "x_forwarded_for",
+        "forwarded",
+        "x_real_ip",
+        "true_client_ip",
+        "cf_connecting_ip",
+        "x_client_ip",
+        "x_cluster_client_ip",
+        "fastly_client_ip",
+    }
+)
+_URL_ATTRIBUTES = frozenset({"url.full", "http.url"})
+_TARGET_ATTRIBUTES = frozenset({"http.target"})
+# Keys describing the server: a loopback test has the same address on both ends.
+_SERVER_SIDE_PREFIXES = ("server.", "net.host.", "http.host", "http.server_name", "url.", "http.url", "host.")
+
+
+def scrub_span_attributes(
+    attributes: Mapping[str, Any] | None,
+    environ: Mapping[str, Any],
+    anonymizer: Anonymizer | None,
+    redactor: QueryRedactor | None,
+) -> dict[str, Any]:
+    """Replacement values for the attributes another instrumentation put on a span.
+
+    With an ``anonymizer``: every attribute holding the client's address (by name, a
+    forwarding header captured as ``http.request.header.*``, or a value equal to the
+    raw ``REMOTE_ADDR`` or an ``X-Forwarded-For`` entry) gets the anonymized form. With a
+    ``redactor``: query strings in ``url.query``, ``http.target``, ``url.full`` and
+    ``http.url`` are redacted. Returns only what must change.
+    """
+    if not attributes:
+        return {}
+    fixes: dict[str, Any] = {}
+    raw: set[str] = set()
+    if anonymizer is not None:
+        remote = environ.get("REMOTE_ADDR")
+        if remote:
+            raw.add(remote)
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if forwarded:
+            raw.update(part.strip() for part in forwarded.split(",") if part.strip())
+    for key, value in attributes.items():
+        if redactor is not None and isinstance(value, str):
+            if key == "url.query":
+                fixed = redactor.query(value)
+            elif key in _TARGET_ATTRIBUTES:
+                fixed = redact_target(value, redactor)
+            elif key in _URL_ATTRIBUTES:
+                fixed = redactor.url(value)
+            else:
+                fixed = value
+            if fixed != value:
+                fixes[key] = fixed
+                continue
+        if anonymizer is None:
+            continue
+        if key.startswith("http.request.header."):
+            header = key[len("http.request.header.") :].replace("-", "_").lower()
+            if header in _FORWARDING_HEADERS or _mentions(value, raw):
+                fixes[key] = _anonymize_value(value, anonymizer, chain=True)
+        elif key in CLIENT_ADDRESS_ATTRIBUTES or (
+            not key.startswith(_SERVER_SIDE_PREFIXES) and isinstance(value, str) and value in raw
+        ):
+            fixes[key] = _anonymize_value(value, anonymizer, chain=False)
+    return fixes
+
+
+def _mentions(value: Any, raw: set[str]) -> bool:
+    values = value if isinstance(value, list | tuple) else (value,)
+    return any(isinstance(v, str) and any(address in v for address in raw) for v in values)
+
+
+def _anonymize_value(value: Any, anonymizer: Anonymizer, *, chain: bool) -> Any:
+    def one(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        return (anonymizer.chain(text) if chain else anonymizer.address(text)) or _UNKNOWN
+
+    if isinstance(value, list | tuple):
+        return tuple(one(v) for v in value)
+    return one(value)
+
+
+# -- exports -----------------------------------------------------------------------------
+
+_FORMULA_STARTS = frozenset("=+-@\t\r\n\x00\uff1d\uff0b\uff0d\uff20")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP's list, with
+line breaks, NUL and the full-width forms some spreadsheets fold to the ASCII ones)."""
+
+
+def spreadsheet_safe(value: str) -> str:
+    """``value`` prefixed with ``'`` when a spreadsheet would run it as a formula (OWASP's advice)."""
+    return "'" + value if value and value[0] in _FORMULA_STARTS else value

@@ -268,10 +268,12 @@ def _authorised(auth: MetricsAuth, req: Any) -> bool:
         except Exception:
             logger.exception("TRACK_USAGE_METRICS_AUTH callable failed; refusing the scrape")
             return False
-    header = req.headers.get("Authorization", "")
+    # The WSGI server decoded the header's bytes as latin-1: encoding it back gives exactly
+    # the bytes the client sent, which are compared with the token's UTF-8 bytes.
+    header = req.environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, credentials = header.partition(" ")
     if isinstance(auth, str):
-        return scheme.lower() == "bearer" and _equal(credentials.strip(), auth)
+        return scheme.lower() == "bearer" and _equal_bytes(_wire_bytes(credentials.strip()), auth)
     if isinstance(auth, tuple) and scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
@@ -283,6 +285,17 @@ def _authorised(auth: MetricsAuth, req: Any) -> bool:
         password_ok = _equal(password, auth[1])
         return bool(sep) and user_ok and password_ok
     return False
+
+
+def _wire_bytes(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # not a WSGI string (a test client's own environ): its UTF-8 then
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _equal_bytes(given: bytes, expected: str) -> bool:
+    return hmac.compare_digest(given, expected.encode("utf-8"))
 
 
 def _equal(given: str, expected: str) -> bool:

@@ -18,7 +18,7 @@ from .useragent import UserAgentInfo, parse_user_agent
 
 if TYPE_CHECKING:
     from .geoip import GeoIP
-    from .privacy import Anonymizer
+    from .privacy import Anonymizer, QueryRedactor
     from .sinks import RequestState
 
 UNMATCHED_ROUTE = "<unmatched>"
@@ -128,11 +128,12 @@ def first_language(accept_language: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class RecordContext:
-    """What every record of one app shares: its name and the address policies."""
+    """What every record of one app shares: its name, the address policies and the query redaction."""
 
     server_name: str
     anonymizer: Anonymizer | None = None
     geoip: GeoIP | None = None
+    redactor: QueryRedactor | None = None
 
 
 ENVIRON_KEYS = (
@@ -186,6 +187,10 @@ def record_from_state(state: RequestState) -> UsageRecord:
         remote_addr = context.anonymizer.address(remote_addr)
         xforwardedfor = context.anonymizer.chain(xforwardedfor)
     scheme = scheme or "http"
+    query_string = _wsgi_text(query_string) or ""
+    if context.redactor is not None:
+        # Before anything derives from it: url, url_args and every row, export and callable storage.
+        query_string = context.redactor.query(query_string)
     # Positional arguments, in field order: keyword passing costs twice as much for
     # 29 fields. tests/test_extension.py checks every field.
     return UsageRecord(
@@ -197,7 +202,7 @@ def record_from_state(state: RequestState) -> UsageRecord:
         _wsgi_text(script_name) or "",
         # As werkzeug's Request.path: decoded, exactly one leading slash.
         "/" + (_wsgi_text(path_info) or "").lstrip("/"),
-        _wsgi_text(query_string) or "",
+        query_string,
         state.route,
         state.endpoint,
         state.blueprint,

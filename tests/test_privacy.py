@@ -156,3 +156,197 @@ def test_span_client_address_is_anonymized_too() -> None:
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes["client.address"] == "198.51.100.0"
+
+
+# -- secrets in query strings -------------------------------------------------------------
+
+SECRET_QUERY = "token=s3cret-1&next=%2Fhome&Pass%77ord=s3cret-2&X-Amz-Signature=s3cret-3&SIG=s3cret-4&Api_Key=s3cret-5"
+SECRETS = ("s3cret-1", "s3cret-2", "s3cret-3", "s3cret-4", "s3cret-5")
+
+
+def test_secret_query_values_never_reach_the_record() -> None:
+    record = _record({}, query_string=SECRET_QUERY)
+    everything = repr(record) + repr(record.as_dict())
+    assert not any(secret in everything for secret in SECRETS)
+    assert record.query_string == (
+        "token=REDACTED&next=%2Fhome&Pass%77ord=REDACTED&X-Amz-Signature=REDACTED&SIG=REDACTED&Api_Key=REDACTED"
+    )
+    assert record.url.endswith("/?" + record.query_string)
+    assert record.url_args["next"] == "/home"
+    assert record.url_args["token"] == "REDACTED"
+
+
+def test_query_redaction_is_configurable() -> None:
+    record = _record({"TRACK_USAGE_REDACT_QUERY_PARAMS": ["next"]}, query_string="token=t&next=n")
+    assert record.query_string == "token=t&next=REDACTED"
+    assert _record({"TRACK_USAGE_REDACT_QUERY_PARAMS": []}, query_string="token=t").query_string == "token=t"
+    for bad in ("token", ["ok", ""], ["a=b"], [3]):
+        app = Flask("bad")
+        app.config["TRACK_USAGE_REDACT_QUERY_PARAMS"] = bad
+        with pytest.raises(ConfigError, match="TRACK_USAGE_REDACT_QUERY_PARAMS"):
+            TrackUsage(app, registry=CollectorRegistry())
+
+
+@pytest.mark.parametrize(
+    ("query", "redacted"),
+    [
+        ("", ""),
+        ("a=1&b=2", "a=1&b=2"),
+        ("token", "token"),  # no value: nothing to hide
+        ("token=", "token="),
+        ("access+token=x&access_token=y", "access+token=x&access_token=REDACTED"),
+        ("%74oken=x", "%74oken=REDACTED"),
+        ("mytoken=x&token_type=bearer", "mytoken=x&token_type=bearer"),  # whole names only
+        ("a=token&b=password", "a=token&b=password"),  # the names as values are not secrets
+        ("code=abc&state=xyz", "code=REDACTED&state=xyz"),
+    ],
+)
+def test_redactor_cases(query: str, redacted: str) -> None:
+    from flask_usage_otel.privacy import DEFAULT_REDACTED_QUERY_PARAMS, QueryRedactor
+
+    assert QueryRedactor(DEFAULT_REDACTED_QUERY_PARAMS).query(query) == redacted
+
+
+def test_rows_and_every_export_format_hold_no_secret(tmp_path: Path) -> None:
+    from flask_usage_otel import SQLStorage
+    from flask_usage_otel.cli import usage
+
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}")
+    app = build_app({"TRACK_USAGE_SYNC_WRITES": True})
+    TrackUsage(app, storage, registry=CollectorRegistry())
+    app.test_client().get(f"/items/3?{SECRET_QUERY}")
+    (row,) = storage.get_usage()
+    assert "token=REDACTED" in row["url"]
+    assert not any(secret in repr(row) for secret in SECRETS)
+    runner = app.test_cli_runner()
+    outputs = [runner.invoke(usage, ["export", "--format", fmt]).output for fmt in ("csv", "json", "jsonl")] + [
+        runner.invoke(usage, ["summary", "--by", "url", "--format", fmt]).output for fmt in ("csv", "json", "table")
+    ]
+    assert all("REDACTED" in output for output in outputs)
+    assert not any(secret in output for output in outputs for secret in SECRETS)
+
+
+def test_a_failed_batch_logs_no_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from flask_usage_otel import SQLStorage
+
+    # The table does not exist and is not created: every write fails and is logged.
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}", create_tables=False)
+    app = build_app({"TRACK_USAGE_FLUSH_INTERVAL": 0.05})
+    track = TrackUsage(app, storage, registry=CollectorRegistry())
+    caplog.set_level("DEBUG")
+    app.test_client().get(f"/items/3?{SECRET_QUERY}")
+    with app.app_context():
+        assert track.flush(timeout=0.5) is False
+    failures = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert failures
+    for sink in track._trackers[app].sinks:  # stop the writer now, inside the captured logs
+        sink.shutdown(timeout=0.1)
+    logged = "\n".join(r.getMessage() + (caplog.handler.format(r)) for r in caplog.records)
+    assert "rows not written" in logged
+    assert not any(secret in logged for secret in SECRETS)
+
+
+# -- exports neutralise formulas -------------------------------------------------------------
+
+FORMULAS = ('=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1")
+
+
+@pytest.mark.parametrize("value", [*FORMULAS, "\uff1d1+1"])
+def test_spreadsheet_safe_prefixes_formulas(value: str) -> None:
+    from flask_usage_otel.privacy import spreadsheet_safe
+
+    assert spreadsheet_safe(value) == "'" + value
+    assert spreadsheet_safe("/plain/path") == "/plain/path"
+    assert spreadsheet_safe("") == ""
+
+
+def test_csv_exports_neutralise_formulas(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from flask_usage_otel import SQLStorage
+    from flask_usage_otel.cli import usage
+
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}")
+    app = build_app({"TRACK_USAGE_SYNC_WRITES": True, "TRACK_USAGE_CAPTURE_USER": lambda: "@admin"})
+    app.add_url_rule("/<path:anything>", "anything", lambda anything: "ok")
+    TrackUsage(app, storage, registry=CollectorRegistry())
+    client = app.test_client()
+    for formula in FORMULAS:
+        client.get("/=cmd|calc", environ_base={"HTTP_USER_AGENT": formula})
+    runner = app.test_cli_runner()
+    export = runner.invoke(usage, ["export", "--format", "csv"]).output
+    summaries = [
+        runner.invoke(usage, ["summary", "--by", by, "--format", "csv"]).output
+        for by in ("user_agent", "path", "username")
+    ]
+    for text in [export, *summaries]:
+        rows = list(csv.reader(io.StringIO(text)))
+        cells = [cell for row in rows[1:] for cell in row]
+        assert cells
+        assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r") or (c.startswith("-") and not _number(c))]
+    header, *rows = list(csv.reader(io.StringIO(export)))
+    agents = {row[header.index("user_agent_raw")] for row in rows}
+    assert agents == {"'" + formula for formula in FORMULAS}
+    assert {row[header.index("username")] for row in rows} == {"'@admin"}
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- /metrics bearer token --------------------------------------------------------------------
+
+
+def test_non_ascii_bearer_token_matches_the_bytes_the_client_sent() -> None:
+    import http.client
+    import threading
+
+    from werkzeug.serving import make_server
+
+    token = "jeton-clé-€-密"
+    app = Flask("auth")
+    app.config["TRACK_USAGE_METRICS_AUTH"] = token
+    TrackUsage(app, registry=CollectorRegistry())
+    server = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def status(value: bytes) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+            try:
+                conn.putrequest("GET", "/metrics")
+                conn.putheader("Authorization", value)  # raw bytes, as a client sends UTF-8
+                conn.endheaders()
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert status(b"Bearer " + token.encode("utf-8")) == 200
+        assert status(b"Bearer " + token.encode("utf-8")[:-1]) == 401
+        assert status(b"Bearer " + token.encode("latin-1", "replace")) == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_privacy_doc_examples_run(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        script = tmp_path / "example.py"
+        script.write_text(code)
+        result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted 0 rows\n"

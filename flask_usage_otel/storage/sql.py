@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.pool import StaticPool
 
+from ..privacy import Anonymizer, stored_addresses
 from .base import SUMMARY_BY, SUMMARY_PERIODS
 from .sql_rows import JSON_COLUMNS, Inserter, clean_text
 
@@ -620,16 +621,39 @@ class SQLStorage:
         cutoff = _naive_utc(datetime.now(timezone.utc) - older_than)
         return self._delete_in_chunks(self.table.c.datetime < cutoff, chunk_size)
 
-    def forget(self, username: str | None = None, remote_addr: str | None = None, *, chunk_size: int = 10_000) -> int:
-        """Delete every row of a user and/or a client address (an erasure request); returns how many."""
+    def forget(
+        self,
+        username: str | None = None,
+        remote_addr: str | None = None,
+        *,
+        anonymizer: Anonymizer | None = None,
+        chunk_size: int = 10_000,
+    ) -> int:
+        """Delete every row of a user and/or a client address (an erasure request); returns how many.
+
+        The values are transformed as they were when the rows were written, so they match:
+        the user name cut to the column's width; the address with the app's anonymization
+        (``TrackUsage.forget`` and ``flask usage forget`` pass it), in every spelling of the
+        same address (``::ffff:192.0.2.1`` is ``192.0.2.1``), matched in ``remote_addr`` and as
+        an entry of ``xforwardedfor``.
+
+        :param anonymizer: the ``Anonymizer`` the rows were written with, if any.
+        :raises ErasureRefused: the rows keep truncated addresses, which cannot single out a person.
+        """
         if username is None and remote_addr is None:
             raise ValueError("forget needs a username, a remote_addr or both")
+        _check_positive_int("chunk_size", chunk_size)
+        state = self._table_state()
         table = self.table
-        conditions = []
-        if username is not None:
-            conditions.append(table.c.username == clean_text(username, None))
+        conditions: list[sa.ColumnElement[bool]] = []
         if remote_addr is not None:
-            conditions.append(table.c.remote_addr == clean_text(remote_addr, None))
+            # First: a refusal must come before anything is deleted.
+            addresses = [clean_text(a, None) or "" for a in stored_addresses(remote_addr, anonymizer)]
+            conditions.append(table.c.remote_addr.in_([a[: state.widths.get("remote_addr", 64)] for a in addresses]))
+            if "xforwardedfor" in state.columns:
+                conditions.extend(_chain_entry(table.c.xforwardedfor, a) for a in addresses)
+        if username is not None:
+            conditions.append(table.c.username == clean_text(username, state.widths.get("username")))
         return self._delete_in_chunks(sa.or_(*conditions), chunk_size)
 
     def _delete_in_chunks(self, condition: sa.ColumnElement[bool], chunk_size: int) -> int:
@@ -848,3 +872,15 @@ def _filter_values(name: str, value: Any) -> list[Any]:
     if name == "method":
         values = [v.upper() for v in values]
     return values
+
+
+def _chain_entry(column: sa.ColumnElement[Any], address: str) -> sa.ColumnElement[bool]:
+    """``column`` (an ``X-Forwarded-For`` chain) has ``address`` as one of its entries.
+
+    Entries are separated by ``,`` with or without a space (anonymized chains always use
+    ``", "``); a prefix of a longer address (``10.0.0.1`` in ``10.0.0.12``) does not match.
+    """
+    # "!" as the escape character: a backslash means different things in MySQL's string literals.
+    escaped = address.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    patterns = [f"{escaped},%", f"%, {escaped}", f"%,{escaped}", f"%, {escaped},%", f"%,{escaped},%"]
+    return sa.or_(column == address, *(column.like(p, escape="!") for p in patterns))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,41 +119,92 @@ def test_otlp_exporter_posts_the_server_span(receiver, monkeypatch):
     assert attrs["flask.endpoint"] == "order"
 
 
-SCRIPT = textwrap.dedent(
-    """
-    from flask import Flask
-    from opentelemetry import trace
-    from prometheus_client import CollectorRegistry
-
-    from flask_usage_otel import TrackUsage
-
-    app = Flask("configured_by_env")
-    app.config["TRACK_USAGE_OTEL_EXPORTER"] = "otlp"
-
-    @app.get("/pay")
-    def pay():
-        with trace.get_tracer("checkout").start_as_current_span("charge card"):
-            return "paid"
-
-    TrackUsage(app, registry=CollectorRegistry())
-    assert app.test_client().get("/pay").status_code == 200
-    # No flush: the provider set up from the settings exports what is queued at exit.
-    """
-)
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "opentelemetry.md"
+DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+DRIVER = "import app; assert app.app.test_client().get('/pay').status_code == 200"
 
 
-def test_exporter_setting_sets_up_the_global_provider(receiver, tmp_path):
-    received, endpoint = receiver
+def _run_app(tmp_path: Path, code: str, endpoint: str, command: list[str], **extra: str) -> None:
+    (tmp_path / "app.py").write_text(code)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "TRACK_USAGE_"))}
-    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME="checkout")
-    script = tmp_path / "app.py"
-    script.write_text(SCRIPT)
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    env.update(
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+        PYTHONPATH=str(tmp_path),
+        **extra,
+    )
+    # No flush in the app: the SDK provider exports what is queued when the process exits.
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr
+    assert "OpenTelemetryNotConfiguredWarning" not in result.stderr
 
+
+def _assert_pay_spans(received: Receiver) -> None:
     spans = {span.name: (resource, span) for resource, span in received.spans()}
     assert set(spans) == {"GET /pay", "charge card"}
     resource, server = spans["GET /pay"]
-    assert resource["service.name"] == "checkout"
+    assert resource["service.name"] == "shop"
+    assert server.kind == SpanKind.SERVER.value + 1
+    assert attributes(server)["http.route"] == "/pay"
     _, child = spans["charge card"]
-    assert child.parent_span_id == server.span_id  # the view's tracer is the global one we set up
+    assert child.trace_id == server.trace_id
+    assert child.parent_span_id == server.span_id
+
+
+def test_docs_have_the_four_set_ups() -> None:
+    assert len(DOC_BLOCKS) == 5
+    assert "configure_opentelemetry" not in DOC_BLOCKS[0] + DOC_BLOCKS[1]
+
+
+def test_docs_set_up_1_opentelemetry_instrument(receiver, tmp_path):
+    received, endpoint = receiver
+    launcher = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    _run_app(tmp_path, DOC_BLOCKS[0], endpoint, [launcher, sys.executable, "-c", DRIVER], OTEL_SERVICE_NAME="shop")
+    _assert_pay_spans(received)
+
+
+def test_docs_set_up_2_sdk_in_code(receiver, tmp_path):
+    received, endpoint = receiver
+    _run_app(tmp_path, DOC_BLOCKS[1], endpoint, [sys.executable, "-c", DRIVER])
+    _assert_pay_spans(received)
+
+
+def test_docs_set_up_3_configure_opentelemetry(receiver, tmp_path):
+    received, endpoint = receiver
+    _run_app(tmp_path, DOC_BLOCKS[2], endpoint, [sys.executable, "-c", DRIVER])
+    _assert_pay_spans(received)
+
+
+def test_docs_set_up_3_app_factory(receiver, tmp_path):
+    received, endpoint = receiver
+    driver = "import app; assert app.create_app().test_client().get('/nothing').status_code == 404"
+    _run_app(tmp_path, DOC_BLOCKS[3], endpoint, [sys.executable, "-c", driver])
+    ((resource, span),) = received.spans()
+    assert resource["service.name"] == "shop"
+    assert span.name == "GET"  # unmatched: never the raw path
+    assert attributes(span)["http.response.status_code"] == 404
+
+
+def test_docs_set_up_4_own_provider(tmp_path):
+    (tmp_path / "example.py").write_text(DOC_BLOCKS[4])
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "example.py")], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_demo_app_sets_up_export_from_the_environment(receiver, tmp_path):
+    """The compose stack's app: the factory sets the SDK up from the OTEL_* variables."""
+    received, endpoint = receiver
+    root = Path(__file__).resolve().parents[2]
+    driver = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from examples.demo_app import create_app; "
+        "from prometheus_client import CollectorRegistry; "
+        "assert create_app(registry=CollectorRegistry()).test_client().get('/api/items/3').status_code == 200"
+    )
+    _run_app(tmp_path, "", endpoint, [sys.executable, "-c", driver, str(root)], OTEL_SERVICE_NAME="shop")
+    ((resource, span),) = received.spans()
+    assert resource["service.name"] == "shop"
+    assert span.name == "GET /api/items/<int:item_id>"
