@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import flask_usage_otel
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +46,8 @@ def sources_hash() -> str:
 def dist() -> Path:
     out = CACHE / sources_hash()
     if not (list(out.glob("*.whl")) and list(out.glob("*.tar.gz"))):
-        shutil.rmtree(out, ignore_errors=True)
+        for stale in CACHE.glob("*"):  # builds of earlier states of the sources
+            shutil.rmtree(stale, ignore_errors=True)
         result = subprocess.run(
             [sys.executable, "-m", "build", "--outdir", str(out)],
             cwd=REPO,
@@ -82,6 +85,13 @@ def test_wheel_holds_the_package_and_nothing_else(dist: Path) -> None:
     assert "usage = flask_usage_otel.cli:usage" in metadata  # the `flask usage` command
 
 
+def test_wheel_is_the_one_the_install_instructions_name(dist: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    assert wheel.name == f"flask_usage_otel-{flask_usage_otel.__version__}-py3-none-any.whl"
+    for page in (REPO / "README.md", REPO / "docs" / "getting-started.md"):
+        assert f'pip install "dist/{wheel.name}[sql]"' in page.read_text(), page.name
+
+
 def test_wheel_in_a_fresh_virtualenv_runs_the_quick_start(dist: Path, tmp_path: Path) -> None:
     (wheel,) = dist.glob("*.whl")
     env_dir = tmp_path / "venv"
@@ -98,7 +108,7 @@ def test_wheel_in_a_fresh_virtualenv_runs_the_quick_start(dist: Path, tmp_path: 
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            str(wheel),
+            f"{wheel}[sql]",  # as the install instructions say
         ],
         capture_output=True,
         text=True,
@@ -120,7 +130,9 @@ def test_wheel_in_a_fresh_virtualenv_runs_the_quick_start(dist: Path, tmp_path: 
         [
             str(python),
             "-c",
-            "import flask_usage_otel, flask_usage_otel.gunicorn_config as c; print(flask_usage_otel.__file__, c.bind)",
+            "import flask_usage_otel, flask_usage_otel.gunicorn_config as c; "
+            "flask_usage_otel.SQLStorage('sqlite:///extra.db');"  # the [sql] extra brought SQLAlchemy
+            "print(flask_usage_otel.__file__, c.bind)",
         ],
         cwd=tmp_path,
         capture_output=True,
