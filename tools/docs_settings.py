@@ -20,6 +20,7 @@ from typing import Any
 
 MARKER = "<!-- settings-table -->"
 LEGACY_MARKER = "<!-- legacy-settings-table -->"
+REMOVED_MARKER = "<!-- removed-settings-table -->"
 UNDESCRIBED = "(not described yet)"
 
 # What each key is for, in a line. Everything else in the table is derived from the code.
@@ -47,7 +48,12 @@ MEANINGS: dict[str, str] = {
     "TRACK_USAGE_OTEL_METRICS": "also record the OpenTelemetry HTTP server metrics",
     "TRACK_USAGE_OTEL_CAPTURE_USER": "put `enduser.id` on spans",
     "TRACK_USAGE_OTEL_EXPORTER": "set up a tracer provider exporting this way when the app has none",
+    "TRACK_USAGE_REDACT_QUERY_PARAMS": "query parameters whose values are redacted in rows, spans and logs",
+    "TRACK_USAGE_QUEUE_BYTES": "most bytes the waiting rows may hold; more are dropped and counted",
+    "TRACK_USAGE_BATCH_LINGER": "seconds the writer waits for a partial batch to fill",
+    "TRACK_USAGE_OTEL_LOGS": "emit each tracked request's record as an OpenTelemetry log record",
 }
+# A meaning for a key config.py does not have (yet, or any more) is simply not shown.
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,14 @@ def legacy_keys() -> list[str]:
     return sorted(config.PREFIX + k for k in config._LEGACY_KEYS)
 
 
+def removed_keys() -> dict[str, str]:
+    """Keys that no longer exist, each with what to do instead (config.py refuses them)."""
+    from flask_usage_otel import config
+
+    removed: dict[str, str] = getattr(config, "_REMOVED_KEYS", {})
+    return {config.PREFIX + suffix: message for suffix, message in sorted(removed.items())}
+
+
 def settings_table() -> str:
     lines = ["| key | default | accepts | meaning |", "| --- | --- | --- | --- |"]
     lines += [f"| `{r.key}` | {r.default} | {r.accepts} | {r.meaning} |" for r in settings_rows()]
@@ -123,6 +137,16 @@ def legacy_table() -> str:
     return "\n".join(f"- `{key}`" for key in legacy_keys())
 
 
+def removed_table() -> str:
+    removed = removed_keys()
+    if not removed:
+        return "None at present."
+    return "\n".join(f"- `{key}`: {message}" for key, message in removed.items())
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     """MkDocs hook: put the generated tables where the page asks for them."""
-    return markdown.replace(MARKER, settings_table()).replace(LEGACY_MARKER, legacy_table())
+    for marker, render in ((MARKER, settings_table), (LEGACY_MARKER, legacy_table), (REMOVED_MARKER, removed_table)):
+        if marker in markdown:
+            markdown = markdown.replace(marker, render())
+    return markdown
