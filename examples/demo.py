@@ -4,6 +4,12 @@ The app is tracked into Prometheus metrics (read back from its own ``/metrics``)
 raw rows in SQLite (read back with ``get_usage`` and ``get_summary``), and
 OpenTelemetry spans (kept in memory and printed), so one run shows the three
 views of the same requests and how they link up through the trace id.
+
+    .venv/bin/python examples/demo.py [--serve] [--port 8000] [--db demo-data/usage.db] [--requests 300]
+
+The rows go to a stable SQLite file (``demo-data/usage.db`` in the checkout), so they add up over
+runs and the ``flask usage`` commands printed at the end read them. ``--serve`` keeps the app
+serving after the tour, on ``--port``, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base_url = f"http://127.0.0.1:{server.server_port}"
-    print(f"demo app on {base_url}, raw rows in {db_path}")
+    lifetime = "kept serving after the tour" if args.serve else "for the tour only (--serve keeps it)"
+    print(f"demo app on {base_url}, {lifetime}; raw rows in {db_path}")
 
     paths = EVERY_KIND[: args.requests] + [random.choice(PATHS) for _ in range(args.requests - len(EVERY_KIND))]
     random.shuffle(paths)
