@@ -1,5 +1,5 @@
 # The demo app under gunicorn, as docker-compose.yml runs it. Also a starting point for your own
-# image: install your app the same way and keep examples/gunicorn.conf.py's hooks.
+# image: install your app the same way and use the packaged config (python:flask_usage_otel.gunicorn_config).
 FROM python:3.12.8-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,4 +21,4 @@ RUN useradd --system --uid 10001 --no-create-home app
 USER app
 
 EXPOSE 8000
-CMD ["gunicorn", "--config", "examples/gunicorn.conf.py", "examples.demo_app:create_app()"]
+CMD ["gunicorn", "--config", "python:flask_usage_otel.gunicorn_config", "examples.demo_app:create_app()"]

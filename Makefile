@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := sql,postgres,mysql,otel,geoip,dev
+EXTRAS := sql,postgres,mysql,otel,geoip,dev,docs
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format services bench soak clean
+.PHONY: demo test unit integration lint format services bench soak docs docs-serve dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# `make demo DEMO_ARGS=--serve` keeps the app serving after the tour.
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 services:
 	bash .ci/ensure-services.sh
@@ -43,8 +44,20 @@ bench: $(STAMP) services
 	@command -v wrk >/dev/null || echo "wrk not found: HTTP load comes from the Python generator (apt-get install wrk)"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# -s: the soak tests print their figures (RSS per worker, rows written and dropped).
 soak: $(STAMP) services
-	$(BIN)/pytest -m slow -q
+	$(BIN)/pytest -m slow -q -s
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site dist build

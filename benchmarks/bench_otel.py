@@ -6,7 +6,9 @@ an exporter that drops what it gets (so export cost is not measured, the request
 Variants are interleaved in each round; the figure is the median over rounds of the mean time
 per request, and the overhead is that minus the untracked app's.
 
-    .venv/bin/python benchmarks/bench_otel.py [--requests 20000] [--rounds 7]
+    .venv/bin/python benchmarks/bench_otel.py [--quick] [--requests 20000] [--rounds 7]
+
+Writes ``benchmarks/results/otel.json`` (figures and the machine they come from).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # Stable HTTP conventions for the instrumentor too, so both spans carry the same attribute names.
@@ -28,6 +31,7 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
+from report import RESULTS_DIR, machine_info, write_json
 from werkzeug.test import EnvironBuilder
 
 from flask_usage_otel import TrackUsage
@@ -99,6 +103,10 @@ def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = 
     return lambda data: None
 
 
+FULL = (20_000, 7)  # requests per variant per round, rounds
+QUICK = (2_000, 3)
+
+
 def run_round(app: Flask, environ: dict[str, Any], requests: int) -> float:
     wsgi = app.wsgi_app
     begin = time.perf_counter()
@@ -114,9 +122,14 @@ def run_round(app: Flask, environ: dict[str, Any], requests: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20_000, help="requests per variant per round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK[0]} requests x {QUICK[1]} rounds")
+    parser.add_argument("--requests", type=int, help=f"requests per variant per round (default {FULL[0]})")
+    parser.add_argument("--rounds", type=int, help=f"rounds (default {FULL[1]})")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "otel.json")
     args = parser.parse_args(argv)
+    default_requests, default_rounds = QUICK if args.quick else FULL
+    args.requests = args.requests or default_requests
+    args.rounds = args.rounds or default_rounds
 
     environ = EnvironBuilder(path="/items/42", query_string="page=2", headers={"User-Agent": "bench/1.0"}).get_environ()
     apps = {name: factory() for name, factory in VARIANTS.items()}
@@ -135,9 +148,20 @@ def main(argv: list[str] | None = None) -> None:
         f"Python {platform.python_version()} on {platform.machine()}, {args.requests} requests x {args.rounds} rounds"
     )
     print(f"{'variant':40} {'us/request':>11} {'overhead us':>12}")
+    variants = []
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:40} {median * 1e6:11.1f} {(median - base) * 1e6:12.1f}")
+        variants.append({"name": name, "median_us": median * 1e6, "overhead_us": (median - base) * 1e6})
+    data = {
+        "benchmark": "otel",
+        "quick": args.quick,
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "machine": machine_info(),
+        "variants": variants,
+    }
+    print(f"wrote {write_json(data, args.output)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from flask import Blueprint, Flask, Response, abort
 from prometheus_client import CollectorRegistry
 
@@ -82,3 +83,20 @@ class ListStorage:
 
     def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         return [r.as_dict() for r in reversed(self.records)]
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Keep the markers honest: everything under tests/integration/ needs a real server, so it is marked.
+
+    ``make unit`` selects ``not integration``; a server test that forgot its marker would run
+    there and fail (or skip) on a machine without the servers.
+    """
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "integration" in item.path.parts
+        and item.path.parent.name == "integration"
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests under tests/integration/ must be marked integration: {unmarked}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +130,17 @@ def test_app_runs_multiprocess_on_a_tmpfs_with_the_example_config(services: dict
     assert env["USAGE_DB_URL"].split("@")[1].startswith("postgres:5432/")
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert env["OTEL_TRACES_EXPORTER"] == "otlp"  # what turns the extension's OTLP set-up on
-    dockerfile = (REPO / "Dockerfile").read_text()
-    assert "examples/gunicorn.conf.py" in dockerfile
+    # The image runs gunicorn with the config that ships in the package: it must import and carry the hooks.
+    cmd = json.loads(
+        next(line for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))[4:]
+    )
+    config = cmd[cmd.index("--config") + 1]
+    assert config.startswith("python:"), cmd
+    # In a child: the config turns on prometheus_client's multiprocess mode in whatever imports it.
+    module = config.removeprefix("python:")
+    check = f"import {module} as m; print(all(map(callable, (m.on_starting, m.child_exit, m.worker_exit))))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_prometheus_keeps_exemplars_and_scrapes_the_app(services: dict[str, dict[str, Any]]) -> None:
