@@ -85,6 +85,7 @@ class Settings:
     otel_metrics: bool | None = None
     otel_capture_user: bool = False
     otel_exporter: str | None = None
+    otel_logs: bool = False
 
 
 # key -> (Settings field, parser). Parsers raise ConfigError naming the key.
@@ -256,6 +257,7 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "OTEL_METRICS": ("otel_metrics", _optional_bool),
     "OTEL_CAPTURE_USER": ("otel_capture_user", _bool),
     "OTEL_EXPORTER": ("otel_exporter", _otel_exporter),
+    "OTEL_LOGS": ("otel_logs", _bool),
 }
 
 # Flask-Track-Usage's keys: accepted so an existing config keeps working.
