@@ -43,6 +43,8 @@ def create_app(config: dict[str, Any] | None = None, **track_usage_options: Any)
     """
     app = Flask("demo")
     app.config["TRACK_USAGE_EXCLUDE_PATHS"] = [r"/healthz", r"/static/.*"]
+    if os.environ.get("TRACK_USAGE_OTEL_LOGS"):  # raw rows as OTel log records (docker-compose.yml)
+        app.config["TRACK_USAGE_OTEL_LOGS"] = os.environ["TRACK_USAGE_OTEL_LOGS"]
     app.config.update(config or {})
 
     @app.route("/")

@@ -68,12 +68,17 @@ def directory_lock(path: str, *, shared: bool) -> Iterator[None]:
 
 
 class LockedMultiProcessCollector(MultiProcessCollector):
-    """``MultiProcessCollector`` that reads the directory under the compaction lock (shared)."""
+    """``MultiProcessCollector`` that reads the directory under the compaction lock (shared).
+
+    It also skips empty files: a worker that is starting creates its file empty and only
+    then sizes it, and prometheus_client fails the whole scrape on a file read in between.
+    """
 
     def collect(self) -> Iterable[object]:
         with directory_lock(self._path, shared=True):
+            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _has_data(f)]
             # Materialised inside the lock: merge reads every file before it returns.
-            return list(super().collect())
+            return list(self.merge(files, accumulate=True))
 
 
 def compact_dead_worker(path: str, pid: int) -> Compaction:
@@ -102,6 +107,13 @@ def compact_dead_worker(path: str, pid: int) -> Compaction:
 def archive_files(path: str) -> list[str]:
     """The archive files now in ``path``."""
     return sorted(glob.glob(os.path.join(glob.escape(path), f"*_{ARCHIVE_ID}.db")))
+
+
+def _has_data(filename: str) -> bool:
+    try:
+        return os.stat(filename).st_size > 0
+    except FileNotFoundError:  # a live gauge file that mark_process_dead just removed
+        return False
 
 
 def _existing(filename: str) -> str | None:

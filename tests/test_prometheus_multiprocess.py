@@ -141,3 +141,9 @@ def test_the_stock_collector_reads_the_archives(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(tmp_path))
     assert registry.get_sample_value("app_requests_total", {"route": "/"}) == 4
+
+
+def test_a_file_still_being_created_is_skipped(tmp_path: Path) -> None:
+    worker_files(tmp_path, 1, requests=4, duration=0.5, info=1)
+    (tmp_path / "counter_2.db").write_bytes(b"")  # a starting worker's file, not yet sized
+    assert collected(tmp_path)[("app_requests_total", (("route", "/"),))] == 4

@@ -67,16 +67,20 @@ def churn(generations_wanted: int, tmp_path: Path) -> None:
         history: list[float] = []
         most_files = 0
         stop = threading.Event()
+        errors: list[BaseException] = []
 
         def watch() -> None:
             nonlocal most_files
             watcher = requests.Session()
             watcher.headers["Connection"] = "close"
             deadline = time.monotonic() + 600
-            while not stop.is_set() and time.monotonic() < deadline:
-                history.append(request_counts(scrape(server.base_url, watcher)[1]).get(KEY, 0.0))
-                most_files = max(most_files, len(list(multiproc_dir.glob("*.db"))))
-                stop.wait(0.05)
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    history.append(request_counts(scrape(server.base_url, watcher)[1]).get(KEY, 0.0))
+                    most_files = max(most_files, len(list(multiproc_dir.glob("*.db"))))
+                    stop.wait(0.05)
+            except BaseException as exc:  # a failed scrape fails the test, not only this thread
+                errors.append(exc)
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -91,6 +95,8 @@ def churn(generations_wanted: int, tmp_path: Path) -> None:
             stop.set()
             watcher.join(timeout=60)
         assert statuses == [200] * requests_to_send
+        assert not errors, f"a scrape failed during the churn: {errors[0]!r}\n{server.log()[-3000:]}"
+        assert len(history) > 10, "the scrapes during the churn did not run"
 
         seen_generations = generations(server)
         assert seen_generations >= generations_wanted, f"only {seen_generations} worker generations"
