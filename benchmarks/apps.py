@@ -271,6 +271,9 @@ def setup_ours_logs(app: Flask, workdir: Path) -> Setup:
             encode_logs(batch).SerializeToString()
             return LogRecordExportResult.SUCCESS
 
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
         def shutdown(self) -> None:
             pass
 
