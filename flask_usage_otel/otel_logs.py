@@ -24,11 +24,12 @@ import inspect
 import json
 import logging
 import time
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 from .prometheus import STANDARD_METHODS
-from .record import UsageRecord
+from .record import UsageRecord, first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
 
@@ -51,6 +52,9 @@ SDK_QUEUE_SIZE = 2048
 """Log records the SDK's batch processor may hold; the sink never hands it more (it drops them silently)."""
 
 _SETTING = "TRACK_USAGE_OTEL_LOGS"
+
+# Accept-Language values repeat: parse each distinct one once (as the SQL row builder does).
+_language = lru_cache(maxsize=1024)(first_language)
 
 
 # --- the record as attributes -----------------------------------------------------------
@@ -101,7 +105,7 @@ def log_attributes(record: UsageRecord) -> dict[str, Any]:
         "http.request.body.size": record.content_length,
         "http.response.body.size": record.response_size,
         "enduser.id": record.username,
-        "flask_usage.language": record.language,
+        "flask_usage.language": _language(record.accept_language),
     }
     attributes.update((k, v) for k, v in optional.items() if v is not None)
     if record.user_agent:
