@@ -23,7 +23,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import time
+import weakref
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +157,10 @@ class CountingExporter:
         self.emitted = 0  # written by the emitting thread only
         self.finished = 0  # written by the exporting thread only
         self.failed = 0
+        if hasattr(os, "register_at_fork"):
+            # A forked child starts with an empty SDK queue: what the parent had in flight is not its own.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _forget_in_flight(ref))
 
     @property
     def in_flight(self) -> int:
@@ -178,6 +184,12 @@ class CountingExporter:
 
     def shutdown(self) -> None:
         self._exporter.shutdown()
+
+
+def _forget_in_flight(ref: weakref.ref[CountingExporter]) -> None:
+    counter = ref()
+    if counter is not None:
+        counter.finished = counter.emitted
 
 
 class _Full(Exception):
@@ -340,6 +352,7 @@ def create_log_sink(
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
     from . import __version__
 
+    dropped = metrics.tracking_errors.labels("otel_logs") if metrics is not None else None
     counter = owned = None
     provider = logger_provider
     if provider is None:
@@ -347,7 +360,6 @@ def create_log_sink(
         if isinstance(global_provider, LoggerProvider):
             provider = global_provider
         else:
-            dropped = metrics.tracking_errors.labels("otel_logs") if metrics is not None else None
             provider, counter = build_logger_provider(app.name, on_failed=dropped.inc if dropped else None)
             owned = provider
     return OtelLogSink(
@@ -357,7 +369,7 @@ def create_log_sink(
         flush_interval=settings.flush_interval,
         counter=counter,
         owned_provider=owned,
-        dropped=metrics.tracking_errors.labels("otel_logs") if metrics is not None else None,
+        dropped=dropped,
     )
 
 

@@ -308,3 +308,25 @@ def test_the_setting_is_validated() -> None:
     with pytest.raises(ConfigError, match="TRACK_USAGE_OTEL_LOGS"):
         TrackUsage(app, registry=CollectorRegistry())
     assert "track_usage" not in app.extensions
+
+
+def test_the_sdk_queue_is_never_overfilled() -> None:
+    import weakref
+
+    from flask_usage_otel.otel_logs import SDK_QUEUE_SIZE, CountingExporter, _forget_in_flight, _Full
+    from tests.storage.conftest import make_record
+
+    provider = LoggerProvider()
+    exported = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    counter = CountingExporter(exported)
+    emitter = _Emitter(provider.get_logger("test"), counter)
+    counter.emitted = SDK_QUEUE_SIZE - 1  # as if the exporter were stuck with that many
+    with pytest.raises(_Full):
+        emitter.store([make_record(), make_record()])  # whole batch refused: a retry never duplicates
+    assert exported.get_finished_logs() == ()
+    emitter.store([make_record()])
+    assert len(exported.get_finished_logs()) == 1
+    assert counter.in_flight == SDK_QUEUE_SIZE
+    _forget_in_flight(weakref.ref(counter))  # what a forked child does
+    assert counter.in_flight == 0
