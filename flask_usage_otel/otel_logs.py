@@ -14,6 +14,11 @@ OpenTelemetry ``Logger``; the SDK's ``BatchLogRecordProcessor`` exports batches 
 OTLP from its own thread. A record is dropped, never waited for, when the queue is full
 or its export fails; each drop counts in ``flask_usage_tracking_errors_total{component="otel_logs"}``.
 
+The library never sets up export itself: the app passes a provider
+(``TrackUsage(logger_provider=build_logger_provider("my-app"))``) or sets an SDK one globally
+(``opentelemetry-instrument`` does); with :func:`build_logger_provider`'s, export failures
+count as drops too and the SDK's own queue is never overfilled.
+
 Importing this module loads only the standard library; ``opentelemetry`` is imported
 when the sink is created.
 """
@@ -36,7 +41,7 @@ from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from flask import Flask
 
@@ -147,13 +152,14 @@ class CountingExporter:
     so the emitter can stop short of its queue limit instead of letting it drop silently.
     """
 
-    def __init__(self, exporter: Any, on_failed: Any = None) -> None:
+    def __init__(self, exporter: Any) -> None:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
 
         self._exporter = exporter
         self._success = LogRecordExportResult.SUCCESS
         self._failure = LogRecordExportResult.FAILURE
-        self._on_failed = on_failed
+        self.listeners: list[Callable[[int], Any]] = []
+        """Called with the number of records of each batch whose export failed (the sinks' drop counters)."""
         self.emitted = 0  # written by the emitting thread only
         self.finished = 0  # written by the exporting thread only
         self.failed = 0
@@ -175,8 +181,8 @@ class CountingExporter:
         self.finished += len(batch)
         if result is not self._success:
             self.failed += len(batch)
-            if self._on_failed is not None:
-                self._on_failed(len(batch))
+            for listener in self.listeners:
+                listener(len(batch))
         return result
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
@@ -269,9 +275,9 @@ class OtelLogSink(Sink):
     Build it with :func:`create_log_sink`, which applies the settings.
 
     :param otel_logger: an OpenTelemetry ``Logger``.
-    :param counter: the exporter wrapper of a pipeline this sink built (or None for a provider
-        given by the app, whose export failures its own SDK metrics count).
-    :param owned_provider: a ``LoggerProvider`` this sink created and so flushes and shuts down.
+    :param counter: the exporter wrapper of a pipeline made by :func:`build_logger_provider`
+        (or None for another provider, whose export failures its own SDK metrics count).
+    :param provider: the ``LoggerProvider``, flushed by :meth:`flush` (never shut down: it is the app's).
     :param dropped: a counter (``.inc(n)``) for records lost, or None.
     """
 
@@ -285,11 +291,11 @@ class OtelLogSink(Sink):
         batch_size: int = 500,
         flush_interval: float = 1.0,
         counter: CountingExporter | None = None,
-        owned_provider: Any = None,
+        provider: Any = None,
         dropped: Any = None,
     ) -> None:
         self._counter = counter
-        self._owned_provider = owned_provider
+        self._provider = provider
         self.writer = BatchWriter(
             _Emitter(otel_logger, counter),  # type: ignore[arg-type]
             queue_size=queue_size,
@@ -312,15 +318,14 @@ class OtelLogSink(Sink):
 
     def flush(self, timeout: float | None = None) -> bool:
         written = self.writer.flush(timeout)
-        provider = self._owned_provider
-        if provider is None:
+        force_flush = getattr(self._provider, "force_flush", None)
+        if force_flush is None:
             return written
-        return provider.force_flush(30_000 if timeout is None else int(timeout * 1000)) and written
+        return bool(force_flush(30_000 if timeout is None else int(timeout * 1000))) and written
 
     def shutdown(self, timeout: float | None = None) -> None:
+        # Hands over what is queued; the provider, the app's, exports it at its own shutdown.
         self.writer.shutdown(timeout)
-        if self._owned_provider is not None:
-            self._owned_provider.shutdown()
 
 
 def _record_of(item: RequestState | UsageRecord) -> UsageRecord:
@@ -336,12 +341,12 @@ def create_log_sink(
     """The app's log record sink (``TRACK_USAGE_OTEL_LOGS = True``).
 
     The logger comes from ``logger_provider`` when given, else from the global provider when
-    the app set an SDK ``LoggerProvider`` globally; else the sink builds a private one (never
-    set globally) with a ``BatchLogRecordProcessor`` and the OTLP/HTTP exporter, which reads the
-    standard ``OTEL_EXPORTER_OTLP_*`` variables, and shuts it down at exit.
+    the app (or ``opentelemetry-instrument``) set an SDK ``LoggerProvider`` globally. The
+    library never sets up export itself: :func:`build_logger_provider` makes a provider for
+    the app to pass, and with it export failures are counted as dropped records too.
 
-    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.35 or later and the
-        OTLP/HTTP exporter) is not installed.
+    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.35 or later) is not installed,
+        or there is no logger provider to emit to.
     """
     try:
         from opentelemetry import _logs
@@ -352,36 +357,45 @@ def create_log_sink(
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
     from . import __version__
 
-    dropped = metrics.tracking_errors.labels("otel_logs") if metrics is not None else None
-    counter = owned = None
     provider = logger_provider
     if provider is None:
-        global_provider = _logs.get_logger_provider()
-        if isinstance(global_provider, LoggerProvider):
-            provider = global_provider
-        else:
-            provider, counter = build_logger_provider(app.name, on_failed=dropped.inc if dropped else None)
-            owned = provider
+        provider = _logs.get_logger_provider()
+        if not isinstance(provider, LoggerProvider):
+            raise ConfigError(
+                _SETTING,
+                "needs a logger provider: pass TrackUsage(logger_provider=flask_usage_otel.otel_logs."
+                "build_logger_provider(...)), or set an SDK LoggerProvider globally (opentelemetry-instrument "
+                "with OTEL_LOGS_EXPORTER=otlp does) before init_app",
+            )
+    dropped = metrics.tracking_errors.labels("otel_logs") if metrics is not None else None
+    counter = _pipelines.get(provider)
+    if counter is not None and dropped is not None:
+        counter.listeners.append(dropped.inc)
     return OtelLogSink(
         provider.get_logger(INSTRUMENTATION_NAME, __version__),
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         counter=counter,
-        owned_provider=owned,
+        provider=provider,
         dropped=dropped,
     )
 
 
-def build_logger_provider(
-    service_name: str, exporter: Any = None, on_failed: Any = None
-) -> tuple[Any, CountingExporter]:
-    """A private SDK ``LoggerProvider`` exporting through a ``BatchLogRecordProcessor``.
+_pipelines: weakref.WeakKeyDictionary[Any, CountingExporter] = weakref.WeakKeyDictionary()
+"""The counting exporter of each provider made by ``build_logger_provider``."""
+
+
+def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
+    """An SDK ``LoggerProvider`` for ``TrackUsage(logger_provider=...)``, exporting through a
+    ``BatchLogRecordProcessor``; not set globally. Shut it down at exit (``provider.shutdown()``).
+
+    With it the sink counts export failures as dropped records and never overfills the SDK's
+    queue (which would drop records without a trace).
 
     :param service_name: ``service.name`` unless ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES`` name one.
-    :param exporter: a ``LogRecordExporter``; default the OTLP/HTTP one (``OTEL_EXPORTER_OTLP_*``).
-    :param on_failed: called with the number of records in each batch whose export failed.
-    :returns: the provider and the exporter wrapper that counts finished and failed records.
+    :param exporter: a ``LogRecordExporter``; default the OTLP/HTTP one, configured by the
+        standard ``OTEL_EXPORTER_OTLP_*`` variables.
     """
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
@@ -394,7 +408,8 @@ def build_logger_provider(
         except ImportError:
             raise ConfigError(_SETTING, "needs opentelemetry-exporter-otlp-proto-http (the otel extra)") from None
         exporter = OTLPLogExporter()
-    counter = CountingExporter(exporter, on_failed)
+    counter = CountingExporter(exporter)
     provider = LoggerProvider(resource=_resource(service_name))
     provider.add_log_record_processor(BatchLogRecordProcessor(counter, max_queue_size=SDK_QUEUE_SIZE))  # type: ignore[arg-type]
-    return provider, counter
+    _pipelines[provider] = counter
+    return provider

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import ConfigError, TrackUsage
-from flask_usage_otel.otel_logs import EVENT_NAME, _Emitter
+from flask_usage_otel.otel_logs import EVENT_NAME, _Emitter, build_logger_provider
 from tests.integration.servers import free_port
 
 
@@ -126,7 +126,8 @@ def test_every_field_of_known_requests_reaches_the_receiver(receiver, otlp_env) 
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     app = shop_app()
     registry = CollectorRegistry()
-    tracker = TrackUsage(app, registry=registry, tracer_provider=tracer_provider)
+    provider = build_logger_provider("shop")  # OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT
+    tracker = TrackUsage(app, registry=registry, tracer_provider=tracer_provider, logger_provider=provider)
     assert not isinstance(_logs.get_logger_provider(), LoggerProvider), "a global provider was installed"
 
     client = app.test_client()
@@ -147,6 +148,7 @@ def test_every_field_of_known_requests_reaches_the_receiver(receiver, otlp_env) 
     assert [r.status_code for r in (get, post, purge, boom)] == [200, 200, 200, 500]
     with app.app_context():
         assert tracker.flush(10)
+    provider.shutdown()
 
     assert set(received.paths) == {"/v1/logs"}
     records = received.records()
@@ -224,7 +226,8 @@ def test_collector_down_drops_and_counts_records_and_requests_are_unaffected(otl
     otlp_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     app = shop_app()
     registry = CollectorRegistry()
-    tracker = TrackUsage(app, registry=registry)
+    provider = build_logger_provider("shop")
+    tracker = TrackUsage(app, registry=registry, logger_provider=provider)
     client = app.test_client()
     started = time.perf_counter()
     statuses = [client.get(f"/items/{i}").status_code for i in range(20)]
@@ -241,6 +244,7 @@ def test_collector_down_drops_and_counts_records_and_requests_are_unaffected(otl
     while dropped() < 20 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert dropped() == 20
+    provider.shutdown()
 
 
 def test_a_full_queue_drops_and_counts_without_waiting() -> None:
@@ -301,6 +305,14 @@ def test_the_request_thread_only_enqueues() -> None:
     (log,) = exported.get_finished_logs()
     assert log.log_record.event_name == EVENT_NAME
     assert log.log_record.trace_id == 0  # no tracer here: no trace, and no stray context
+
+
+def test_no_logger_provider_fails_at_init_app_and_none_is_installed() -> None:
+    app = shop_app()
+    with pytest.raises(ConfigError, match=r"TRACK_USAGE_OTEL_LOGS.*logger provider"):
+        TrackUsage(app, registry=CollectorRegistry())
+    assert "track_usage" not in app.extensions
+    assert not isinstance(_logs.get_logger_provider(), LoggerProvider)
 
 
 def test_the_setting_is_validated() -> None:
