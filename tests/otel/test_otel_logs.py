@@ -120,13 +120,13 @@ def shop_app(config: dict[str, Any] | None = None) -> Flask:
 
 def test_every_field_of_known_requests_reaches_the_receiver(receiver, otlp_env) -> None:
     received, endpoint = receiver
-    otlp_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    otlp_env.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"{endpoint}/v1/logs")
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     app = shop_app()
     registry = CollectorRegistry()
-    provider = build_logger_provider("shop")  # OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT
+    provider = build_logger_provider("shop")  # OTLP/HTTP to OTEL_EXPORTER_OTLP_LOGS_ENDPOINT
     tracker = TrackUsage(app, registry=registry, tracer_provider=tracer_provider, logger_provider=provider)
     assert not isinstance(_logs.get_logger_provider(), LoggerProvider), "a global provider was installed"
 
@@ -222,11 +222,12 @@ def test_every_field_of_known_requests_reaches_the_receiver(receiver, otlp_env) 
 
 
 def test_collector_down_drops_and_counts_records_and_requests_are_unaffected(otlp_env) -> None:
-    otlp_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nobody listens
-    otlp_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    nobody_listens = f"http://127.0.0.1:{free_port()}/v1/logs"
     app = shop_app()
     registry = CollectorRegistry()
-    provider = build_logger_provider("shop")
+    provider = build_logger_provider("shop", OTLPLogExporter(endpoint=nobody_listens, timeout=1))
     tracker = TrackUsage(app, registry=registry, logger_provider=provider)
     client = app.test_client()
     started = time.perf_counter()
