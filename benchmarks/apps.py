@@ -253,6 +253,46 @@ def setup_ours_everything(app: Flask, workdir: Path) -> Setup:
     return Setup(drain=drain, cleanups=[tracer_provider.shutdown, tracker.flush])
 
 
+def setup_ours_logs(app: Flask, workdir: Path) -> Setup:
+    """Raw rows as OTel log records instead of SQL rows: encoded as OTLP protobuf, then discarded."""
+    try:
+        from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
+
+        import flask_usage_otel.otel_logs  # noqa: F401
+    except ImportError as exc:
+        raise Unavailable(f"the OTel log record sink or the SDK is not available: {exc}") from exc
+
+    class EncodingExporter(LogRecordExporter):
+        """Does what the OTLP/HTTP exporter does before the network: encode each batch."""
+
+        def export(self, batch: Any) -> LogRecordExportResult:
+            encode_logs(batch).SerializeToString()
+            return LogRecordExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    provider = LoggerProvider()
+    # A queue as large as the writer's batch: the drain hands the SDK everything at once.
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(EncodingExporter(), max_queue_size=20_000, max_export_batch_size=512)
+    )
+    app.config.update(WRITER_AT_DRAIN)
+    app.config["TRACK_USAGE_OTEL_LOGS"] = True
+    tracker = _track_usage(app, logger_provider=provider)
+
+    def drain() -> None:
+        tracker.flush()
+        provider.force_flush()
+
+    return Setup(drain=drain, cleanups=[drain, provider.shutdown])
+
+
 VARIANTS: tuple[Variant, ...] = (
     Variant("bare", "bare Flask", setup_bare),
     Variant("prometheus_flask_exporter", "prometheus_flask_exporter (defaults)", setup_prometheus_flask_exporter),
@@ -262,6 +302,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("ours_prometheus", "ours: Prometheus only", setup_ours_prometheus),
     Variant("ours_sql", "ours: Prometheus + SQL (SQLite, batched)", setup_ours_sql),
     Variant("ours_everything", "ours: Prometheus + SQL + OTel spans", setup_ours_everything),
+    Variant("ours_logs", "ours: Prometheus + OTel log records (OTLP-encoded)", setup_ours_logs),
 )
 VARIANTS_BY_KEY = {v.key: v for v in VARIANTS}
 

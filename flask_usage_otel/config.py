@@ -87,6 +87,7 @@ class Settings:
     otel: bool | None = None
     otel_metrics: bool | None = None
     otel_capture_user: bool = False
+    otel_logs: bool = False
 
 
 # key -> (Settings field, parser). Parsers raise ConfigError naming the key.
@@ -262,6 +263,7 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "OTEL": ("otel", _optional_bool),
     "OTEL_METRICS": ("otel_metrics", _optional_bool),
     "OTEL_CAPTURE_USER": ("otel_capture_user", _bool),
+    "OTEL_LOGS": ("otel_logs", _bool),
 }
 
 # Flask-Track-Usage's keys: accepted so an existing config keeps working.

@@ -270,6 +270,8 @@ class TrackUsage:
         (default: the global ``REGISTRY``). Give each test its own to keep them apart.
     :param tracer_provider: OpenTelemetry tracer provider (default: the global one).
     :param meter_provider: OpenTelemetry meter provider (default: the global one).
+    :param logger_provider: OpenTelemetry logger provider for ``TRACK_USAGE_OTEL_LOGS``
+        (default: the global one when it is an SDK provider, else a private OTLP one).
     """
 
     def __init__(
@@ -280,11 +282,13 @@ class TrackUsage:
         registry: CollectorRegistry | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        logger_provider: Any = None,
     ) -> None:
         self._storage = storage
         self._registry = registry
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
+        self._logger_provider = logger_provider
         self._filter = RequestFilter()
         self._trackers: weakref.WeakKeyDictionary[Flask, _AppTracker] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -336,6 +340,10 @@ class TrackUsage:
             from .storage.sink import StorageSink
 
             sinks.extend(StorageSink(s, settings, metrics) for s in storages)
+        if settings.otel_logs:
+            from .otel_logs import create_log_sink
+
+            sinks.append(create_log_sink(app, settings, self._logger_provider, metrics))
 
         tracker = _AppTracker(settings, self._filter, sinks, storages, metrics, _record_context(app, settings))
         with self._lock:

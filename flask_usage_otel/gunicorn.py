@@ -8,8 +8,9 @@ Use them from a ``gunicorn.conf.py`` (``examples/gunicorn.conf.py`` is a ready-m
   metric files a previous run left there. Stale files would otherwise be summed into the
   new run's counters and keep old label sets (an old version's ``flask_usage_info``) alive.
 - ``child_exit`` (master, per worker): marks the worker dead, so the in-progress gauge
-  (``livesum``) stops counting its requests; its counters and histograms stay, which is
-  what keeps totals from going backwards when a worker is replaced.
+  (``livesum``) stops counting its requests, and folds its counters and histograms into
+  one archive file per type (``prometheus_multiprocess``): totals stay exact when a worker
+  is replaced, and the directory stays small however many workers ``max_requests`` recycles.
 - ``worker_exit`` (worker, on a graceful stop): writes out the rows still queued for
   storage before the process ends.
 
@@ -58,13 +59,20 @@ def on_starting(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """gunicorn ``child_exit`` hook: tell prometheus_client the worker is gone."""
+    """gunicorn ``child_exit`` hook: drop the dead worker's live gauges, fold its counters into the archive."""
     path = os.environ.get(MULTIPROC_ENV)
     if not path:
         return
     from prometheus_client import multiprocess
 
+    from .prometheus_multiprocess import compact_dead_worker
+
     multiprocess.mark_process_dead(worker.pid, path)
+    try:
+        compact_dead_worker(path, worker.pid)
+    except Exception:
+        # The master must outlive any metrics trouble; the files stay and are merged as before.
+        logger.exception("folding the metric files of worker %s into the archive failed", worker.pid)
 
 
 def worker_exit(server: Any, worker: Any) -> None:

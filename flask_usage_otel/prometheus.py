@@ -223,10 +223,11 @@ def multiprocess_dir() -> str | None:
 def render(registry: CollectorRegistry, accept: str | None, multiprocess: bool) -> tuple[bytes, str]:
     """Encode ``registry`` for a scrape that sent ``Accept: accept``: (body, content type)."""
     if multiprocess:
-        from prometheus_client import multiprocess as mp
+        from .prometheus_multiprocess import LockedMultiProcessCollector
 
         registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
+        # Locked: gunicorn's child_exit may be folding a dead worker's files into the archive.
+        LockedMultiProcessCollector(registry)
     encoder, content_type = text_exposition.choose_encoder(accept or "")
     if multiprocess and content_type.startswith("application/openmetrics-text"):
         # Exemplars do not exist in multiprocess mode; plain text is the honest answer.

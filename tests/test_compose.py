@@ -19,7 +19,7 @@ COMPOSE = REPO / "docker-compose.yml"
 PINNED_TAG = re.compile(r"^[\w./-]+:(v?\d+(\.\d+)+[\w.-]*)$")
 # Images without a shell or HTTP client cannot check themselves; others wait for them to start.
 NO_SHELL = {"otel-collector"}
-EXPECTED_SERVICES = {"app", "postgres", "prometheus", "otel-collector", "jaeger", "grafana", "loadgen"}
+EXPECTED_SERVICES = {"app", "postgres", "prometheus", "otel-collector", "jaeger", "grafana", "loadgen", "clickhouse"}
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,33 @@ def test_grafana_mounts_match_the_provisioning(services: dict[str, dict[str, Any
     provider = yaml.safe_load((REPO / "grafana/provisioning/dashboards/dashboards.yml").read_text())["providers"][0]
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     datasources = yaml.safe_load((REPO / "grafana/provisioning/datasources/datasources.yml").read_text())
-    urls = {d["type"]: d["url"] for d in datasources["datasources"]}
+    urls = {d["type"]: d.get("url") for d in datasources["datasources"]}
     # The data sources point at the compose services by name.
     assert urls["prometheus"] == "http://prometheus:9090"
     assert urls["grafana-postgresql-datasource"] == "postgres:5432"
     assert urls["jaeger"] == "http://jaeger:16686"
+
+
+def test_raw_rows_ride_the_collector_to_clickhouse(services: dict[str, dict[str, Any]]) -> None:
+    assert services["app"]["environment"]["TRACK_USAGE_OTEL_LOGS"] == "true"
+    config = yaml.safe_load((REPO / "deploy" / "otel-collector.yml").read_text())
+    logs = config["service"]["pipelines"]["logs"]
+    assert logs["receivers"] == ["otlp"]
+    assert logs["exporters"] == ["clickhouse"]
+    exporter = config["exporters"]["clickhouse"]
+    assert exporter["endpoint"].startswith("tcp://clickhouse:9000")
+    clickhouse = services["clickhouse"]["environment"]
+    assert exporter["database"] == clickhouse["CLICKHOUSE_DB"]
+    assert (exporter["username"], exporter["password"]) == (
+        clickhouse["CLICKHOUSE_USER"],
+        clickhouse["CLICKHOUSE_PASSWORD"],
+    )
+    assert exporter["logs_table_name"] == "otel_logs"  # what grafana/dashboards/flask-usage-logs.json reads
+    assert "clickhouse" in services["otel-collector"]["depends_on"]
+
+    datasources = yaml.safe_load((REPO / "grafana/provisioning/datasources/datasources.yml").read_text())
+    (source,) = [d for d in datasources["datasources"] if d["type"] == "grafana-clickhouse-datasource"]
+    assert source["jsonData"]["host"] == "clickhouse"
+    assert source["jsonData"]["defaultDatabase"] == exporter["database"]
+    assert source["jsonData"]["username"] == exporter["username"]
+    assert "grafana-clickhouse-datasource" in services["grafana"]["environment"]["GF_INSTALL_PLUGINS"]

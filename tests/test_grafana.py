@@ -36,7 +36,7 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def test_both_dashboards_exist() -> None:
-    assert {p.name for p in DASHBOARDS} == {"flask-usage.json", "flask-usage-raw.json"}
+    assert {p.name for p in DASHBOARDS} == {"flask-usage.json", "flask-usage-raw.json", "flask-usage-logs.json"}
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -151,6 +151,51 @@ def test_raw_dashboard_reads_the_flask_usage_table() -> None:
     assert all("$__timeFilter(datetime)" in s for s in sql)
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Newest requests", "Top users", "Top remote addresses"} <= titles
+
+
+def test_log_records_dashboard_reads_the_collectors_clickhouse_table() -> None:
+    dashboard = load(REPO / "grafana/dashboards/flask-usage-logs.json")
+    sql = [t["rawSql"] for p in all_panels(dashboard["panels"]) for t in p.get("targets", [])]
+    assert sql
+    for query in sql:
+        assert "FROM otel_logs" in query
+        assert "$__timeFilter(Timestamp)" in query
+        assert "ScopeName = 'flask_usage_otel'" in query  # only the sink's records, not other logs
+    # Every attribute a panel reads is one the sink writes: a renamed attribute would leave a blank column.
+    from flask_usage_otel.otel_logs import INSTRUMENTATION_NAME, log_attributes
+    from flask_usage_otel.record import UsageRecord
+
+    assert INSTRUMENTATION_NAME == "flask_usage_otel"
+    record = UsageRecord(
+        timestamp=0.0,
+        speed=0.1,
+        method="GET",
+        scheme="http",
+        host="example.org",
+        script_root="",
+        path="/a",
+        query_string="q=1",
+        route="/a",
+        endpoint="a",
+        blueprint=None,
+        view_args={},
+        status=200,
+        content_length=None,
+        response_size=5,
+        remote_addr="192.0.2.0",
+        xforwardedfor=None,
+        user_agent="Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0",
+        accept_language=None,
+        authorization=False,
+        username="ada",
+        server_name="app",
+        protocol="HTTP/1.1",
+        track_var={},
+    )
+    written = set(log_attributes(record))
+    read = set(re.findall(r"LogAttributes\['([^']+)'\]", json.dumps(dashboard)))
+    assert read, "the dashboard reads no attribute"
+    assert read <= written, sorted(read - written)
 
 
 def _exposed_sample_names() -> set[str]:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from flask import Flask
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from flask_usage_otel import ConfigError, TrackUsage
 from flask_usage_otel.gunicorn import child_exit, on_starting, prepare_multiprocess_dir, worker_exit
@@ -39,18 +40,36 @@ def test_hooks_do_nothing_without_the_variable(tmp_path: Path, monkeypatch: pyte
     assert list(tmp_path.iterdir()) == []
 
 
-def test_child_exit_removes_the_live_gauges_of_that_worker_only(
+def test_child_exit_drops_the_live_gauges_and_folds_the_counters_of_that_worker_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = ("gauge_livesum_41.db", "gauge_liveall_41.db", "gauge_livesum_42.db", "counter_41.db", "histogram_41.db")
-    for name in names:
-        (tmp_path / name).write_bytes(b"x")
+    for name in ("gauge_livesum_41.db", "gauge_liveall_41.db", "gauge_livesum_42.db", "counter_41.db", "counter_42.db"):
+        values = MmapedDict(str(tmp_path / name))
+        values.write_value(mmap_key("hits", "hits_total", [], [], "h"), 3.0, 0.0)
+        values.close()
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
 
     child_exit(server=None, worker=SimpleNamespace(pid=41))
 
-    # Counters and histograms of a dead worker stay: they keep the totals from going backwards.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_41.db", "gauge_livesum_42.db", "histogram_41.db"]
+    # The dead worker's counts live on in the archive: totals never go backwards.
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_42.db",
+        "counter_archive.db",
+        "gauge_livesum_42.db",
+    ]
+    assert [v for _, v, _, _ in MmapedDict.read_all_values_from_file(str(tmp_path / "counter_archive.db"))] == [3.0]
+
+
+def test_child_exit_keeps_files_it_cannot_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "counter_41.db").write_bytes(b"not a metrics file")
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+
+    child_exit(server=None, worker=SimpleNamespace(pid=41))  # must not raise in the master
+
+    assert (tmp_path / "counter_41.db").read_bytes() == b"not a metrics file"
+    assert "folding the metric files of worker 41" in caplog.text
 
 
 class _Buffered(Sink):

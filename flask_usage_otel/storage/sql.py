@@ -132,8 +132,18 @@ _MYSQL_ROW_REFUSALS = frozenset({3819, 4025})
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 
 
-def usage_table(name: str = "flask_usage", metadata: sa.MetaData | None = None, schema: str | None = None) -> sa.Table:
-    """The ``flask_usage`` table definition (on a new ``MetaData`` unless one is given)."""
+def usage_table(
+    name: str = "flask_usage",
+    metadata: sa.MetaData | None = None,
+    schema: str | None = None,
+    *,
+    partition_by_day: bool = False,
+) -> sa.Table:
+    """The ``flask_usage`` table definition (on a new ``MetaData`` unless one is given).
+
+    ``partition_by_day``: PostgreSQL range partitioning on ``datetime`` (see ``storage.partitions``),
+    whose primary key must then include ``datetime``.
+    """
     metadata = metadata if metadata is not None else sa.MetaData()
 
     def text(column: str) -> sa.Column[str]:
@@ -160,7 +170,12 @@ def usage_table(name: str = "flask_usage", metadata: sa.MetaData | None = None, 
         text("path"),
         sa.Column("speed", sa.Double()),
         # Microseconds on MariaDB too (its DATETIME keeps whole seconds by default).
-        sa.Column("datetime", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"), nullable=False),
+        sa.Column(
+            "datetime",
+            sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
+            nullable=False,
+            primary_key=partition_by_day,
+        ),
         text("username"),
         text("track_var"),
         # New in flask-usage-otel:
@@ -180,6 +195,7 @@ def usage_table(name: str = "flask_usage", metadata: sa.MetaData | None = None, 
         # filtering are exact as on PostgreSQL and SQLite.
         mysql_charset="utf8mb4",
         mysql_collate="utf8mb4_bin",
+        postgresql_partition_by="RANGE (datetime)" if partition_by_day else None,
     )
     sa.Index(_index_name(name, "datetime"), table.c.datetime)
     for column in INDEXED_FILTERS:
@@ -229,6 +245,8 @@ class SQLStorage:
     :param engine_options: extra ``create_engine`` keyword arguments (with ``conn_str`` only).
     """
 
+    _partition_by_day = False  # True in storage.partitions.PartitionedSQLStorage
+
     def __init__(
         self,
         conn_str: str | None = None,
@@ -263,7 +281,7 @@ class SQLStorage:
         elif metadata is not None and schema is not None and f"{schema}.{table_name}" in metadata.tables:
             self.table = metadata.tables[f"{schema}.{table_name}"]
         else:
-            self.table = usage_table(table_name, metadata, schema)
+            self.table = usage_table(table_name, metadata, schema, partition_by_day=self._partition_by_day)
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()

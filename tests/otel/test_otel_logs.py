@@ -1,0 +1,345 @@
+"""Raw rows as OpenTelemetry log records, exported over OTLP/HTTP to a receiver on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from flask import Flask, g
+from opentelemetry import _logs
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from flask_usage_otel import ConfigError, TrackUsage
+from flask_usage_otel.otel_logs import EVENT_NAME, _Emitter, build_logger_provider
+from tests.integration.servers import free_port
+
+
+class LogReceiver:
+    """The decoded ``ExportLogsServiceRequest`` bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportLogsServiceRequest] = []
+        self.paths: list[str] = []
+        self.lock = threading.Lock()
+
+    def records(self) -> list[tuple[dict[str, Any], str, Any]]:
+        """(resource attributes, scope name, log record) for every received record."""
+        found = []
+        with self.lock:
+            for request in self.requests:
+                for resource_logs in request.resource_logs:
+                    resource = {a.key: _value(a.value) for a in resource_logs.resource.attributes}
+                    for scope_logs in resource_logs.scope_logs:
+                        found.extend((resource, scope_logs.scope.name, r) for r in scope_logs.log_records)
+        return found
+
+
+def _value(any_value: Any) -> Any:
+    return getattr(any_value, any_value.WhichOneof("value"))
+
+
+def attributes(record: Any) -> dict[str, Any]:
+    return {a.key: _value(a.value) for a in record.attributes}
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[LogReceiver, str]]:
+    received = LogReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportLogsServiceRequest()
+            request.ParseFromString(body)
+            with received.lock:
+                received.paths.append(self.path)
+                received.requests.append(request)
+            payload = ExportLogsServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield received, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def otlp_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def shop_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask("shop")
+    app.config.update(
+        {
+            "TRACK_USAGE_OTEL_LOGS": True,
+            "TRACK_USAGE_ANONYMIZE_IP": "truncate",
+            "TRACK_USAGE_FLUSH_INTERVAL": 0.05,
+            **(config or {}),
+        }
+    )
+
+    @app.route("/items/<int:item_id>", methods=["GET", "POST", "PURGE"])
+    def item(item_id: int) -> str:
+        g.track_var = {"basket": 3}
+        return "x" * 11
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise KeyError("gone")
+
+    return app
+
+
+def test_every_field_of_known_requests_reaches_the_receiver(receiver, otlp_env) -> None:
+    received, endpoint = receiver
+    otlp_env.setenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", f"{endpoint}/v1/logs")
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    app = shop_app()
+    registry = CollectorRegistry()
+    provider = build_logger_provider("shop")  # OTLP/HTTP to OTEL_EXPORTER_OTLP_LOGS_ENDPOINT
+    tracker = TrackUsage(app, registry=registry, tracer_provider=tracer_provider, logger_provider=provider)
+    assert not isinstance(_logs.get_logger_provider(), LoggerProvider), "a global provider was installed"
+
+    client = app.test_client()
+    before = time.time()
+    get = client.get(
+        "/items/12?full=1&q=%C3%A9",
+        headers={
+            "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0",
+            "X-Forwarded-For": "198.51.100.23, 10.1.2.3",
+            "Accept-Language": "fr-CH, fr;q=0.9",
+            "Authorization": "Bearer secret-token",
+        },
+        environ_base={"REMOTE_ADDR": "203.0.113.77"},
+    )
+    post = client.post("/items/7", data=b"12345", environ_base={"REMOTE_ADDR": "2001:db8:1:2::9"})
+    purge = client.open("/items/7", method="PURGE")
+    boom = client.get("/boom")
+    assert [r.status_code for r in (get, post, purge, boom)] == [200, 200, 200, 500]
+    with app.app_context():
+        assert tracker.flush(10)
+    provider.shutdown()
+
+    assert set(received.paths) == {"/v1/logs"}
+    records = received.records()
+    assert len(records) == 4
+    span_ids = {span.attributes["url.path"]: span.context for span in spans.get_finished_spans()}
+    by_method = {
+        (attributes(r)["http.request.method"], attributes(r)["url.path"]): (resource, scope, r)
+        for resource, scope, r in records
+    }
+    assert set(by_method) == {("GET", "/items/12"), ("POST", "/items/7"), ("_OTHER", "/items/7"), ("GET", "/boom")}
+
+    resource, scope, record = by_method["GET", "/items/12"]
+    assert resource["service.name"] == "shop"
+    assert scope == "flask_usage_otel"
+    assert record.event_name == EVENT_NAME
+    assert record.severity_text == "INFO"
+    assert record.body.string_value == "GET /items/<int:item_id> 200"
+    assert before - 1 < record.time_unix_nano / 1e9 <= time.time()
+    context = next(
+        c for s in spans.get_finished_spans() for c in [s.context] if s.attributes["url.query"] == "full=1&q=%C3%A9"
+    )
+    assert record.trace_id == context.trace_id.to_bytes(16, "big")
+    assert record.span_id == context.span_id.to_bytes(8, "big")
+    assert attributes(record) == {
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/items/12",
+        "url.query": "full=1&q=%C3%A9",
+        "url.full": "http://localhost/items/12?full=1&q=%C3%A9",
+        "server.address": "localhost",
+        "server.port": 80,
+        "http.route": "/items/<int:item_id>",
+        "flask.endpoint": "item",
+        "flask_usage.route": "/items/<int:item_id>",
+        "http.response.status_code": 200,
+        "http.response.body.size": 11,
+        "network.protocol.version": "1.1",
+        "client.address": "203.0.113.0",  # anonymised as in SQL rows
+        "flask_usage.xforwardedfor": "198.51.100.0, 10.1.2.0",
+        "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0",
+        "user_agent.name": "firefox",
+        "user_agent.version": "120.0",
+        "user_agent.os.name": "linux",
+        "flask_usage.language": "fr-CH",
+        "flask_usage.authorization": True,  # only that the header was there
+        "flask_usage.speed": pytest.approx(attributes(record)["flask_usage.speed"]),
+        "flask_usage.server_name": "shop",
+        "flask_usage.view_args": '{"item_id": 12}',
+        "flask_usage.track_var": '{"basket": 3}',
+    }
+    assert 0 < attributes(record)["flask_usage.speed"] < 5
+    assert "secret-token" not in str(records)
+
+    _, _, record = by_method["POST", "/items/7"]
+    post_attributes = attributes(record)
+    assert post_attributes["client.address"] == "2001:db8:1::"
+    assert post_attributes["http.request.body.size"] == 5
+    assert post_attributes["flask_usage.authorization"] is False
+    assert "url.query" not in post_attributes
+    assert "user_agent.original" in post_attributes  # werkzeug's test client sends one
+
+    _, _, record = by_method["_OTHER", "/items/7"]
+    assert attributes(record)["http.request.method_original"] == "PURGE"
+    boom_record = next(r for _, _, r in records if attributes(r)["url.path"] == "/boom")
+    boom_attributes = attributes(boom_record)
+    assert boom_attributes["http.request.method"] == "GET"
+    assert boom_attributes["error.type"] == "KeyError"
+    assert boom_attributes["http.response.status_code"] == 500
+    assert boom_record.trace_id == span_ids["/boom"].trace_id.to_bytes(16, "big")
+    assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel_logs"}) == 0
+
+
+def test_collector_down_drops_and_counts_records_and_requests_are_unaffected(otlp_env) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    nobody_listens = f"http://127.0.0.1:{free_port()}/v1/logs"
+    app = shop_app()
+    registry = CollectorRegistry()
+    provider = build_logger_provider("shop", OTLPLogExporter(endpoint=nobody_listens, timeout=1))
+    tracker = TrackUsage(app, registry=registry, logger_provider=provider)
+    client = app.test_client()
+    started = time.perf_counter()
+    statuses = [client.get(f"/items/{i}").status_code for i in range(20)]
+    elapsed = time.perf_counter() - started
+    assert statuses == [200] * 20
+    assert elapsed < 2.0, "requests waited for the unreachable collector"
+
+    def dropped() -> float:
+        return registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel_logs"}) or 0.0
+
+    with app.app_context():
+        tracker.flush(15)
+    deadline = time.monotonic() + 30
+    while dropped() < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dropped() == 20
+    provider.shutdown()
+
+
+def test_a_full_queue_drops_and_counts_without_waiting() -> None:
+    provider = LoggerProvider()
+    exported = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    app = shop_app({"TRACK_USAGE_QUEUE_SIZE": 3, "TRACK_USAGE_BATCH_SIZE": 3, "TRACK_USAGE_FLUSH_INTERVAL": 60})
+    registry = CollectorRegistry()
+    tracker = TrackUsage(app, registry=registry, logger_provider=provider)
+    release = threading.Event()
+    real_store = _Emitter.store
+
+    def stuck_store(self: _Emitter, batch: Any) -> None:
+        release.wait(10)
+        real_store(self, batch)
+
+    _Emitter.store = stuck_store  # type: ignore[method-assign]
+    try:
+        client = app.test_client()
+        # The first three fill a batch the writer takes and holds; three more fill the queue.
+        for i in range(3):
+            assert client.get(f"/items/{i}").status_code == 200
+        time.sleep(0.3)
+        for i in range(3, 10):
+            assert client.get(f"/items/{i}").status_code == 200
+    finally:
+        release.set()
+        _Emitter.store = real_store  # type: ignore[method-assign]
+    with app.app_context():
+        assert tracker.flush(10)
+    assert len(exported.get_finished_logs()) == 6
+    assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel_logs"}) == 4
+
+
+def test_the_request_thread_only_enqueues() -> None:
+    provider = LoggerProvider()
+    exported = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    app = shop_app()
+    emitting_threads: list[threading.Thread] = []
+    real_store = _Emitter.store
+
+    def spy(self: _Emitter, batch: Any) -> None:
+        emitting_threads.append(threading.current_thread())
+        real_store(self, batch)
+
+    tracker = TrackUsage(app, registry=CollectorRegistry(), logger_provider=provider)
+    _Emitter.store = spy  # type: ignore[method-assign]
+    try:
+        assert app.test_client().get("/items/3").status_code == 200
+        assert exported.get_finished_logs() == ()  # nothing built or emitted during the request
+        with app.app_context():
+            assert tracker.flush(10)
+    finally:
+        _Emitter.store = real_store  # type: ignore[method-assign]
+    assert emitting_threads
+    assert threading.current_thread() not in emitting_threads
+    (log,) = exported.get_finished_logs()
+    assert log.log_record.event_name == EVENT_NAME
+    assert log.log_record.trace_id == 0  # no tracer here: no trace, and no stray context
+
+
+def test_no_logger_provider_fails_at_init_app_and_none_is_installed() -> None:
+    app = shop_app()
+    with pytest.raises(ConfigError, match=r"TRACK_USAGE_OTEL_LOGS.*logger provider"):
+        TrackUsage(app, registry=CollectorRegistry())
+    assert "track_usage" not in app.extensions
+    assert not isinstance(_logs.get_logger_provider(), LoggerProvider)
+
+
+def test_the_setting_is_validated() -> None:
+    app = shop_app({"TRACK_USAGE_OTEL_LOGS": "maybe"})
+    with pytest.raises(ConfigError, match="TRACK_USAGE_OTEL_LOGS"):
+        TrackUsage(app, registry=CollectorRegistry())
+    assert "track_usage" not in app.extensions
+
+
+def test_the_sdk_queue_is_never_overfilled() -> None:
+    import weakref
+
+    from flask_usage_otel.otel_logs import SDK_QUEUE_SIZE, CountingExporter, _forget_in_flight, _Full
+    from tests.storage.conftest import make_record
+
+    provider = LoggerProvider()
+    exported = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    counter = CountingExporter(exported)
+    emitter = _Emitter(provider.get_logger("test"), counter)
+    counter.emitted = SDK_QUEUE_SIZE - 1  # as if the exporter were stuck with that many
+    with pytest.raises(_Full):
+        emitter.store([make_record(), make_record()])  # whole batch refused: a retry never duplicates
+    assert exported.get_finished_logs() == ()
+    emitter.store([make_record()])
+    assert len(exported.get_finished_logs()) == 1
+    assert counter.in_flight == SDK_QUEUE_SIZE
+    _forget_in_flight(weakref.ref(counter))  # what a forked child does
+    assert counter.in_flight == 0
