@@ -199,7 +199,9 @@ class _AppTracker:
 
     def _decide(self, endpoint: str | None) -> _EndpointInfo:
         view = current_app.view_functions.get(endpoint) if endpoint is not None else None
-        tracked = self.request_filter.decide(endpoint, view, self.settings.include_or_exclude_views)
+        tracked = self.request_filter.decide(
+            endpoint, view, self.settings.include_or_exclude_views, current_app.blueprints
+        )
         info = _EndpointInfo(tracked, blueprint_of(endpoint))
         self.endpoints[endpoint] = info
         return info
@@ -383,7 +385,7 @@ class TrackUsage:
         self._forget_decisions()
 
     def _set_blueprint(self, blueprint: Blueprint | str, tracked: bool) -> None:
-        self._filter.set_blueprint(blueprint if isinstance(blueprint, str) else blueprint.name, tracked)
+        self._filter.set_blueprint(blueprint, tracked)
         self._forget_decisions()
 
     def _forget_decisions(self) -> None:
