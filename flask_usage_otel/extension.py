@@ -22,6 +22,7 @@ from .privacy import Anonymizer
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
 from .record import UNMATCHED_ROUTE, RecordContext
 from .sinks import RequestState, Sink, overrides
+from .storage.compat import adapt_storages, bind_metrics
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -311,7 +312,7 @@ class TrackUsage:
         serve_metrics = settings.metrics_path is not None and settings.prometheus
         if serve_metrics and settings.metrics_path in {r.rule for r in app.url_map.iter_rules()}:
             raise ConfigError("TRACK_USAGE_METRICS_PATH", f"{settings.metrics_path!r} is already a route of the app")
-        storages = _as_list(storage if storage is not None else self._storage)
+        storages = adapt_storages(_as_list(storage if storage is not None else self._storage))
         multiprocess = multiprocess_dir() is not None
         registry = self._registry
         if registry is None:
@@ -328,6 +329,7 @@ class TrackUsage:
             if otel_sink is not None:
                 sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None
+        bind_metrics(storages, metrics)
         if metrics is not None:
             sinks.append(
                 PrometheusSink(
