@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := sql,postgres,mysql,otel,geoip,dev
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format services bench soak clean
+.PHONY: demo test unit integration lint format services bench soak clean ftu-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ bench: $(STAMP) services
 	@command -v wrk >/dev/null || echo "wrk not found: HTTP load comes from the Python generator (apt-get install wrk)"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Real Flask-Track-Usage 2.0.0 in its own virtualenv, the reference of tests/ftu (made by the tests too).
+ftu-venv:
+	$(PYTHON) tests/ftu/ftu_env.py
+
 soak: $(STAMP) services
 	$(BIN)/pytest -m slow -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-ftu .pytest_cache .ruff_cache

@@ -804,12 +804,15 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> No
 def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
     columns: list[str] = []
     widths: dict[str, int] = {}
+    # SQLite keeps text whole whatever width a column declares, and upgrade_table cannot change a
+    # declared width there: an old table's VARCHAR(24) must not cut values after the upgrade.
+    enforces_widths = inspector.dialect.name != "sqlite"
     for info in inspector.get_columns(table.name, schema=table.schema):
         name = info["name"]
         if name not in table.c:
             continue  # a column of the user's own: left alone
         columns.append(name)
-        length = getattr(info["type"], "length", None)
+        length = getattr(info["type"], "length", None) if enforces_widths else None
         if name in COLUMN_WIDTHS:
             widths[name] = min(length, COLUMN_WIDTHS[name]) if isinstance(length, int) else COLUMN_WIDTHS[name]
     if "datetime" not in columns or "id" not in columns:
