@@ -16,9 +16,16 @@ from typing import Any
 from ..record import UNMATCHED_ROUTE
 
 
-def legacy_usage_dict(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One usage row as Flask-Track-Usage's ``get_usage`` built it (its keys, in its order)."""
+def legacy_usage_dict(row: Mapping[str, Any], dialect: str = "sqlite") -> dict[str, Any]:
+    """One usage row as Flask-Track-Usage's ``get_usage`` built it (its keys, in its order).
+
+    :param dialect: the database's SQLAlchemy dialect name. On MariaDB/MySQL Flask-Track-Usage
+        read ``authorization`` from a reflected ``TINYINT(1)``, so it gave 0 or 1, not a bool.
+    """
     get = row.get
+    authorization = get("authorization")
+    if authorization is not None:
+        authorization = int(authorization) if dialect in ("mysql", "mariadb") else bool(authorization)
     status = get("status")
     when = row["datetime"]
     view_args = legacy_json(get("view_args"), ensure_ascii=False)
@@ -38,7 +45,7 @@ def legacy_usage_dict(row: Mapping[str, Any]) -> dict[str, Any]:
         "status": None if status is None else int(status),
         "remote_addr": get("remote_addr"),
         "xforwardedfor": get("xforwardedfor"),
-        "authorization": None if get("authorization") is None else bool(get("authorization")),
+        "authorization": authorization,
         # Flask-Track-Usage wrote ip_info with json.dumps' defaults (ASCII only) and no "{}" rule.
         "ip_info": legacy_json(get("ip_info"), ensure_ascii=True, empty_is_none=False),
         "path": get("path"),

@@ -480,8 +480,9 @@ class SQLStorage:
         filters). See docs/migration.md for each field.
         """
         query = self._usage_query(start_date, end_date, limit, page, {})
+        dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
-            return [legacy_usage_dict(row._mapping) for row in conn.execute(query)]
+            return [legacy_usage_dict(row._mapping, dialect) for row in conn.execute(query)]
 
     def read_usage(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from flask_usage_otel import TrackUsage
 from tests.ftu import scenario
 from tests.ftu.ftu_env import ftu_python
-from tests.storage.conftest import MARIADB_URL, POSTGRES_URL, drop_table, require_server, unique_table
+from tests.storage.conftest import MARIADB_URL, POSTGRES_URL, require_server, unique_table
 
 RUNNER = Path(__file__).with_name("ftu_runner.py")
 RUN_TIMEOUT = 120
@@ -32,7 +33,7 @@ class Database:
     tables: list[str]
 
     def table(self) -> str:
-        """A fresh table name, dropped (with its summary tables) after the test."""
+        """A fresh table name (the whole database is dropped after the test)."""
         name = unique_table()
         self.tables.append(name)
         return name
@@ -52,28 +53,40 @@ def ftu() -> Path:
     ]
 )
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database of our own for one test: a file, a PostgreSQL schema or a MariaDB database.
+
+    Flask-Track-Usage reflects every table of the database it is given; on a server other
+    tests use at the same time, a table dropped meanwhile makes it fail. In a namespace of
+    its own it sees only this test's tables, and dropping the namespace cleans up.
+    """
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'usage.db'}"
-        db = Database("sqlite", url, url, [])
-    elif request.param == "postgresql":
+        yield Database("sqlite", url, url, [])
+        return
+    import sqlalchemy as sa
+
+    namespace = f"ftu_{uuid.uuid4().hex[:12]}"
+    if request.param == "postgresql":
         require_server("postgresql", 5432)
-        db = Database("postgresql", POSTGRES_URL, POSTGRES_URL.replace("+psycopg", ""), [])
+        admin = sa.create_engine(POSTGRES_URL)
+        create, drop = f"CREATE SCHEMA {namespace}", f"DROP SCHEMA IF EXISTS {namespace} CASCADE"
+        url = f"{POSTGRES_URL}?options=-csearch_path%3D{namespace}"
+        db = Database("postgresql", url, url.replace("+psycopg", ""), [])
     else:
         require_server("mariadb", 3306)
-        db = Database("mariadb", MARIADB_URL, MARIADB_URL, [])
-    yield db
-    if db.tables and db.name != "sqlite":
-        import sqlalchemy as sa
-
-        engine = sa.create_engine(db.url)
-        try:
-            names = sa.inspect(engine).get_table_names()
-            for table in db.tables:
-                for name in names:
-                    if name == table or name.startswith(table + "_"):
-                        drop_table(engine, name)
-        finally:
-            engine.dispose()
+        admin = sa.create_engine(MARIADB_URL)
+        create = f"CREATE DATABASE {namespace} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+        drop = f"DROP DATABASE IF EXISTS {namespace}"
+        url = MARIADB_URL.rsplit("/", 1)[0] + "/" + namespace
+        db = Database("mariadb", url, url, [])
+    with admin.begin() as conn:
+        conn.execute(sa.text(create))
+    try:
+        yield db
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(drop))
+        admin.dispose()
 
 
 def run_ftu(ftu: Path, action: str, db: Database, table: str) -> list[Any]:
@@ -85,7 +98,8 @@ def run_ftu(ftu: Path, action: str, db: Database, table: str) -> list[Any]:
         timeout=RUN_TIMEOUT,
         check=False,
     )
-    assert done.returncode == 0, f"Flask-Track-Usage {action} failed:\n{done.stderr[-3000:]}"
+    error = done.stderr if len(done.stderr) <= 4000 else f"{done.stderr[:2000]}\n...\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, f"Flask-Track-Usage {action} failed:\n{error}"
     return json.loads(done.stdout)
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scenario  # noqa: E402 - found through the path set just above
-import sqlalchemy as sa  # noqa: E402
-from flask_track_usage import TrackUsage  # noqa: E402
-from flask_track_usage.storage.sql import SQLStorage  # noqa: E402
+import scenario  # found through the path set just above
+import sqlalchemy as sa
+from flask_track_usage import TrackUsage
+from flask_track_usage.storage.sql import SQLStorage
 
 
 def main(action: str, url: str, table: str) -> None:
