@@ -251,3 +251,15 @@ def test_legacy_setting_warning_is_shown_at_the_users_line(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr
     assert "myapp.py:6: LegacySettingWarning: TRACK_USAGE_USE_FREEGEOIP is obsolete" in done.stderr
+
+
+def test_cli_finds_the_sql_storage_behind_writers(tmp_path: Path) -> None:
+    from flask_usage_otel.cli import usage
+    from flask_usage_otel.storage.sql import SQLStorage
+
+    sql = SQLStorage(f"sqlite:///{tmp_path / 'cli.db'}", table_name="legacy_usage")
+    app, _, _ = _app([PrintWriter(), sql])
+    app.cli.add_command(usage)
+    result = app.test_cli_runner().invoke(args=["usage", "upgrade-table"])
+    assert result.exit_code == 0, result.output
+    assert "table 'legacy_usage' is up to date" in result.output
