@@ -263,3 +263,18 @@ def test_cli_finds_the_sql_storage_behind_writers(tmp_path: Path) -> None:
     result = app.test_cli_runner().invoke(args=["usage", "upgrade-table"])
     assert result.exit_code == 0, result.output
     assert "table 'legacy_usage' is up to date" in result.output
+
+
+def test_every_import_of_the_migration_guide_works() -> None:
+    import re
+
+    guide = (Path(__file__).parents[2] / "docs" / "migration.md").read_text()
+    statements = re.findall(r"`(from flask_usage_otel[\w.]* import [\w, ]+)`", guide)
+    assert len(statements) >= 6
+    for statement in statements:
+        exec(statement, {})
+    summarization = __import__("flask_usage_otel.summarization", fromlist=["x"])
+    for name in ("sumUrl", "sumRemote", "sumUserAgent", "sumLanguage", "sumServer"):
+        assert hasattr(summarization, name)
+    for link in re.findall(r"\]\(([^)#]+)\)", guide):
+        assert (Path(__file__).parents[2] / "docs" / link).exists(), link
