@@ -398,11 +398,22 @@ class TrackUsage:
     # -- storage ----------------------------------------------------------------------
 
     def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Raw rows from the current app's first storage; arguments as ``Storage.get_usage``."""
+        """Rows from the current app's first storage; arguments as ``Storage.get_usage``.
+
+        With ``SQLStorage`` these are in Flask-Track-Usage's form; :meth:`read_usage` gives decoded rows.
+        """
         storages = self._tracker().storages
         if not storages:
             raise RuntimeError("this app has no storage; pass storage=SQLStorage(...) to TrackUsage")
         return storages[0].get_usage(*args, **kwargs)
+
+    def read_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Decoded rows (every field) from the current app's first storage that has ``read_usage``."""
+        for storage in self._tracker().storages:
+            read = getattr(storage, "read_usage", None)
+            if read is not None:
+                return read(*args, **kwargs)
+        raise RuntimeError("this app has no storage with read_usage; pass storage=SQLStorage(...) to TrackUsage")
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Write out every queued row of the current app's storages; True when none is left."""

@@ -470,16 +470,17 @@ class SQLStorage:
         end_date: datetime | date | None = None,
         limit: int = 500,
         page: int = 1,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
         """Raw rows, newest first, exactly as Flask-Track-Usage 2.0's ``SQLStorage.get_usage`` gave them.
 
         Its keys only (``url``, ``user_agent``, ``blueprint``, ``view_args``, ``status``, ``remote_addr``,
         ``xforwardedfor``, ``authorization``, ``ip_info``, ``path``, ``speed``, ``date``, ``username``,
         ``track_var``); ``view_args``, ``track_var`` and ``ip_info`` as the JSON text it stored (None when
-        empty); ``date`` naive UTC. New code should use :meth:`read_usage` (decoded values, every field,
-        filters). See docs/migration.md for each field.
+        empty); ``date`` naive UTC. The keyword filters of :meth:`read_usage` apply too. New code should
+        use :meth:`read_usage` (decoded values, every field). See docs/migration.md for each field.
         """
-        query = self._usage_query(start_date, end_date, limit, page, {})
+        query = self._usage_query(start_date, end_date, limit, page, filters)
         dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
             return [legacy_usage_dict(row._mapping, dialect) for row in conn.execute(query)]

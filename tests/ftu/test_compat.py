@@ -278,3 +278,20 @@ def test_every_import_of_the_migration_guide_works() -> None:
         assert hasattr(summarization, name)
     for link in re.findall(r"\]\(([^)#]+)\)", guide):
         assert (Path(__file__).parents[2] / "docs" / link).exists(), link
+
+
+def test_get_usage_filters_and_the_decoded_reader_of_trackusage(tmp_path: Path) -> None:
+    from flask_usage_otel.storage.sql import SQLStorage
+
+    sql = SQLStorage(f"sqlite:///{tmp_path / 'read.db'}")
+    app, track, _ = _app([PrintWriter(), sql], TRACK_USAGE_SYNC_WRITES=True)
+    client = app.test_client()
+    client.get("/items/1")
+    client.get("/missing")
+    assert [row["path"] for row in sql.get_usage(route="/items/<int:item_id>", status=[200])] == ["/items/1"]
+    with app.app_context():
+        rows = track.read_usage(limit=5)
+    assert [(row["path"], row["route"], row["view_args"]) for row in rows] == [
+        ("/missing", "<unmatched>", {}),
+        ("/items/1", "/items/<int:item_id>", {"item_id": 1}),
+    ]
