@@ -8,8 +8,8 @@ columns ``date``, the key, ``hits`` and ``transfer``. Flask-Track-Usage keyed th
 
 :class:`Summaries` is a batch hook of ``SQLStorage``: it is called with each batch
 inside the transaction that inserts the batch's raw rows, adds the batch up in
-memory, and sends one upsert per table (SQLite and PostgreSQL ``ON CONFLICT DO
-UPDATE``, MariaDB/MySQL ``ON DUPLICATE KEY UPDATE``). A batch that fails rolls its
+memory, and sends one upsert statement per table with all its keys (SQLite and
+PostgreSQL ``ON CONFLICT DO UPDATE``, MariaDB/MySQL ``ON DUPLICATE KEY UPDATE``). A batch that fails rolls its
 counts back with its rows, so a retried batch is counted once.
 """
 
@@ -18,8 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ PERIODS: tuple[str, ...] = ("hourly", "daily", "monthly")
 KEY_WIDTH = 255
 """Most characters of a key value kept (a longer URL or User-Agent is cut): the key is part of the
 primary key, and MariaDB indexes at most 3072 bytes (768 utf8mb4 characters)."""
-_ROWS_PER_STATEMENT = 500
 _EPOCH = datetime(1970, 1, 1)
 _PERIOD_ALIASES = {"hour": "hourly", "day": "daily", "month": "monthly"}
 
@@ -78,6 +76,39 @@ def summary_table(name: str, key: str, metadata: sa.MetaData, schema: str | None
     )
 
 
+def _key_text(value: str | None) -> str:
+    """A key as stored: "" for none, cut to ``KEY_WIDTH``, no NUL (the common case costs two C calls)."""
+    if value is None:
+        return ""
+    if len(value) <= KEY_WIDTH and value.isascii() and "\x00" not in value:
+        return value
+    return clean_text(value, KEY_WIDTH) or ""
+
+
+def _day_start(moment: datetime) -> datetime:
+    return moment.replace(hour=0)
+
+
+def _month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1)
+
+
+def _roll_up(
+    counts: dict[tuple[datetime, str], list[int]], start_of: Callable[[datetime], datetime]
+) -> dict[tuple[datetime, str], list[int]]:
+    """Counts per (longer period, key) from counts per (shorter period, key)."""
+    rolled: dict[tuple[datetime, str], list[int]] = {}
+    for (start, key), (hits, transfer) in counts.items():
+        slot = (start_of(start), key)
+        total = rolled.get(slot)
+        if total is None:
+            rolled[slot] = [hits, transfer]
+        else:
+            total[0] += hits
+            total[1] += transfer
+    return rolled
+
+
 def period_starts(timestamp: float) -> tuple[datetime, datetime, datetime]:
     """The starts (naive UTC) of the hour, day and month of a UNIX timestamp."""
     moment = _EPOCH + timedelta(seconds=timestamp)
@@ -114,6 +145,7 @@ class Summaries:
         self._ready = False
         self._lock = threading.Lock()
         self._skipped: set[str] = set()  # tables still in Flask-Track-Usage's one-row-per-period form
+        self._statements: dict[str, sa.Executable] = {}
 
     # -- tables ----------------------------------------------------------------------------
 
@@ -167,32 +199,44 @@ class Summaries:
 
     def __call__(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
         """Add a batch to every summary table, on the batch's connection and transaction."""
-        counts: dict[str, dict[tuple[datetime, str], list[int]]] = defaultdict(dict)
-        for record in records:
-            starts = period_starts(record.timestamp)
-            transfer = record.response_size or 0
-            for cls in self.hooks:
-                key = clean_text(cls.key(record), KEY_WIDTH) or ""
-                for period, start in zip(PERIODS, starts, strict=True):
-                    bucket = counts[f"{cls.summary_name}_{period}"]
-                    hit = bucket.get((start, key))
-                    if hit is None:
-                        bucket[(start, key)] = [1, transfer]
-                    else:
-                        hit[0] += 1
-                        hit[1] += transfer
-        for base, bucket in counts.items():
-            if base in self._skipped:
-                continue
-            table = self.tables[base]
-            key_column = base.rpartition("_")[0]
-            # Sorted, so concurrent writers (gunicorn workers) lock rows in one order and never deadlock.
-            rows = [
-                {"date": start, key_column: key, "hits": hits, "transfer": transfer}
-                for (start, key), (hits, transfer) in sorted(bucket.items())
-            ]
-            for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-                conn.execute(_upsert(conn.dialect.name, table, rows[i : i + _ROWS_PER_STATEMENT]))
+        # Hours first (one pass over the records per hook), then days and months from the
+        # hours: the per-record work is one dict update, not three.
+        hours: dict[int, datetime] = {}
+        for cls in self.hooks:
+            key_of = cls.key
+            hourly: dict[tuple[datetime, str], list[int]] = {}
+            for record in records:
+                hour_number = int(record.timestamp // 3600)
+                hour = hours.get(hour_number)
+                if hour is None:
+                    hour = hours[hour_number] = _EPOCH + timedelta(hours=hour_number)
+                key = _key_text(key_of(record))
+                hit = hourly.get((hour, key))
+                if hit is None:
+                    hourly[(hour, key)] = [1, record.response_size or 0]
+                else:
+                    hit[0] += 1
+                    hit[1] += record.response_size or 0
+            daily = _roll_up(hourly, _day_start)
+            monthly = _roll_up(daily, _month_start)
+            for period, counts in zip(PERIODS, (hourly, daily, monthly), strict=True):
+                self._upsert(conn, f"{cls.summary_name}_{period}", counts)
+
+    def _upsert(self, conn: sa.Connection, base: str, counts: dict[tuple[datetime, str], list[int]]) -> None:
+        if base in self._skipped or not counts:
+            return
+        key_column = base.rpartition("_")[0]
+        # Sorted, so concurrent writers (gunicorn workers) lock rows in one order and never deadlock.
+        rows = [
+            {"date": start, key_column: key, "hits": hits, "transfer": transfer}
+            for (start, key), (hits, transfer) in sorted(counts.items())
+        ]
+        statement = self._statements.get(base)
+        if statement is None:
+            statement = self._statements[base] = _upsert(conn.dialect.name, self.tables[base])
+        # One statement, sent with the driver's executemany: SQLAlchemy compiles it once
+        # (a multi-row VALUES would be compiled anew for every batch, which costs more than the rows).
+        conn.execute(statement, rows)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -235,18 +279,19 @@ class Summaries:
             ]
 
 
-def _upsert(dialect: str, table: sa.Table, rows: list[dict[str, Any]]) -> sa.Executable:
+def _upsert(dialect: str, table: sa.Table) -> sa.Executable:
+    """An INSERT that adds ``hits`` and ``transfer`` to the row of the same key when there is one."""
     if dialect in ("mysql", "mariadb"):
         from sqlalchemy.dialects.mysql import insert as mysql_insert
 
-        statement = mysql_insert(table).values(rows)
+        statement = mysql_insert(table)
         return statement.on_duplicate_key_update(
             hits=table.c.hits + statement.inserted.hits, transfer=table.c.transfer + statement.inserted.transfer
         )
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        pg = pg_insert(table).values(rows)
+        pg = pg_insert(table)
         return pg.on_conflict_do_update(
             index_elements=list(table.primary_key.columns),
             set_={"hits": table.c.hits + pg.excluded.hits, "transfer": table.c.transfer + pg.excluded.transfer},
@@ -254,7 +299,7 @@ def _upsert(dialect: str, table: sa.Table, rows: list[dict[str, Any]]) -> sa.Exe
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        lite = sqlite_insert(table).values(rows)
+        lite = sqlite_insert(table)
         return lite.on_conflict_do_update(
             index_elements=list(table.primary_key.columns),
             set_={"hits": table.c.hits + lite.excluded.hits, "transfer": table.c.transfer + lite.excluded.transfer},
