@@ -19,10 +19,13 @@ def _app() -> tuple[Flask, ListStorage, list[str]]:
     app.config.update(TRACK_USAGE_SYNC_WRITES=True)
     seen: list[str] = []
 
+    @app.before_request
+    def grab() -> None:  # runs for unmatched paths (404) too
+        seen.append(request.url)
+
     @app.route("/", defaults={"rest": ""})
     @app.route("/<path:rest>")
     def any_path(rest: str) -> str:
-        seen.append(request.url)
         return "ok"
 
     storage = ListStorage()
