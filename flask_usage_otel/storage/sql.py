@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -277,6 +278,9 @@ class SQLStorage:
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()
+        self._state_read_at = 0.0
+        self.legacy_recheck_interval = 60.0
+        """Seconds between two looks at an old (Flask-Track-Usage) table's layout."""
         self._inserter_for: tuple[_TableState, Inserter] | None = None
         self.summaries = Summaries(self.table, hooks) if hooks else None
         self.batch_hooks: list[Any] = [self.summaries] if self.summaries is not None else []
@@ -344,7 +348,13 @@ class SQLStorage:
     def _table_state(self) -> _TableState:
         state = self._state
         if state is not None:
-            return state
+            # An old table may be upgraded by another process (`flask usage upgrade-table`):
+            # look again now and then, so this one stops cutting values to the old widths.
+            if not state.is_legacy or time.monotonic() - self._state_read_at < self.legacy_recheck_interval:
+                return state
+            with self._state_lock:
+                if self._state is state:
+                    self._state = None
         with self._state_lock:
             if self._state is None:
                 engine = self.engine
@@ -358,6 +368,7 @@ class SQLStorage:
                     self._create(engine)
                     inspector = sa.inspect(engine)
                 self._state = _reflect(inspector, self.table)
+                self._state_read_at = time.monotonic()
             return self._state
 
     def missing_columns(self) -> list[str]:

@@ -176,3 +176,25 @@ def test_the_dict_given_to_storages_is_ftus(ftu: Path, tmp_path: Path) -> None:
         assert isinstance(reference.pop("speed"), float)
         assert abs(mine.pop("date") - reference.pop("date")) < 600
         assert mine == reference
+
+
+def test_a_running_app_sees_an_upgrade_made_elsewhere(ftu: Path, database: Database) -> None:
+    table = database.table()
+    run_ftu(ftu, "create", database, table)
+    running = _storage(database, table)
+    running.legacy_recheck_interval = 0.0  # look at every write (60 s by default)
+    app = our_app(running)
+    scenario.run(app, scenario.LONG_REQUESTS[:1])
+    [before] = running.get_usage()
+    cut = database.name != "sqlite"  # the old widths hold where the database enforces them
+    assert (before["xforwardedfor"] != scenario.IPV6_CHAIN) is cut
+
+    elsewhere = _storage(database, table)  # `flask usage upgrade-table` in another process
+    assert elsewhere.upgrade_table()
+    scenario.run(app, scenario.LONG_REQUESTS[:1])
+    after = running.get_usage()[0]
+    assert after["xforwardedfor"] == scenario.IPV6_CHAIN
+    assert after["url"] == f"http://localhost/long/{scenario.LONG}?q={'y' * 200}"
+    assert running.read_usage()[0]["route"] == "/long/<path:rest>"
+    running.engine.dispose()
+    elsewhere.engine.dispose()
