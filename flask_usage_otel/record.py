@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -121,9 +120,12 @@ class UsageRecord:
 
 
 # Characters that Werkzeug's quote leaves as they are and uri_to_iri does not touch (no "%"):
-# a path or query made only of these is copied into the URL as it is.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~!$&'()*+,/:;=@-]*").fullmatch
-_PLAIN_QUERY = re.compile(r"[A-Za-z0-9_.~!$&'()*+,/:;=?@-]*").fullmatch
+# a path or query made only of these is copied into the URL as it is. A search for any other
+# character is cheaper than a full match of the allowed ones.
+_PATH_NEEDS_WORK = re.compile(r"[^A-Za-z0-9_.~!$&'()*+,/:;=@-]").search
+_QUERY_NEEDS_WORK = re.compile(r"[^A-Za-z0-9_.~!$&'()*+,/:;=?@-]").search
+_PREFIXES: dict[tuple[str, str, str], str | None] = {}
+_MAX_PREFIXES = 256
 
 
 def full_url(scheme: str, host: str, script_root: str, path: str, query_string: str) -> str:
@@ -133,14 +135,18 @@ def full_url(scheme: str, host: str, script_root: str, path: str, query_string: 
     once per distinct value (cached) and the path and query are appended as they are,
     the same text Werkzeug's quoting and IRI decoding would give, in a fraction of the time.
     """
-    prefix = _url_prefix(scheme, host, script_root)
-    if prefix is not None and _PLAIN_PATH(path) and (not query_string or _PLAIN_QUERY(query_string)):
+    key = (scheme, host, script_root)
+    prefix = _PREFIXES.get(key)
+    if prefix is None and key not in _PREFIXES:
+        if len(_PREFIXES) >= _MAX_PREFIXES:  # hosts come from clients: keep the cache bounded
+            _PREFIXES.clear()
+        prefix = _PREFIXES[key] = _url_prefix(scheme, host, script_root)
+    if prefix is not None and not _PATH_NEEDS_WORK(path) and not (query_string and _QUERY_NEEDS_WORK(query_string)):
         tail = path.lstrip("/")
         return f"{prefix}{tail}?{query_string}" if query_string else prefix + tail
     return get_current_url(scheme, get_host(scheme, host), script_root, path, query_string.encode())
 
 
-@lru_cache(maxsize=256)
 def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:
     """``scheme://host/script_root/`` as ``request.url`` starts, or None when only the slow path is exact."""
     normalised = get_host(scheme, host)
