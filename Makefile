@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := sql,postgres,mysql,otel,geoip,dev,docs
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format services bench soak docs docs-serve dist clean
+.PHONY: demo test unit integration lint format services bench soak docs docs-serve dist clean ftu-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench: $(STAMP) services
 	@command -v wrk >/dev/null || echo "wrk not found: HTTP load comes from the Python generator (apt-get install wrk)"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+# Real Flask-Track-Usage 2.0.0 in its own virtualenv, the reference of tests/ftu (made by the tests too).
+ftu-venv:
+	$(PYTHON) tests/ftu/ftu_env.py
+
 # -s: the soak tests print their figures (RSS per worker, rows written and dropped).
 soak: $(STAMP) services
 	$(BIN)/pytest -m slow -q -s
@@ -60,4 +64,4 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site dist build
+	rm -rf $(VENV) .venv-ftu .pytest_cache .ruff_cache site dist build

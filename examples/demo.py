@@ -1,7 +1,7 @@
 """``make demo``: run the demo app on loopback, send it traffic, print what was tracked.
 
 The app is tracked into Prometheus metrics (read back from its own ``/metrics``),
-raw rows in SQLite (read back with ``get_usage`` and ``get_summary``), and
+raw rows in SQLite (read back with ``read_usage`` and ``get_summary``), and
 OpenTelemetry spans (kept in memory and printed), so one run shows the three
 views of the same requests and how they link up through the trace id.
 
@@ -194,8 +194,8 @@ def _quantile(q: float, cumulative: dict[float, float]) -> float:
 
 
 def _print_rows(track: Any) -> None:
-    rows = track.get_usage(limit=5)
-    print("SQLite (get_usage): the newest raw rows")
+    rows = track.storages()[0].read_usage(limit=5)
+    print("SQLite (read_usage): the newest raw rows")
     for row in rows:
         print(
             f"  {row['date']:%H:%M:%S.%f} {row['method']:<6} {row['path']:<20} {row['status']} "
@@ -235,7 +235,7 @@ def _print_spans(exporter: Any, track: Any, app: Any) -> None:
             f"status={attrs.get('http.response.status_code')} route={attrs.get('http.route')}"
         )
     with app.app_context():
-        (row,) = track.get_usage(limit=1)
+        (row,) = track.storages()[0].read_usage(limit=1)
     match = [s for s in finished if f"{s.context.trace_id:032x}" == row.get("trace_id")]
     print(
         f"\nnewest raw row {row['method']} {row['path']} has trace_id={row.get('trace_id')}: "

@@ -109,7 +109,9 @@ def _storage(*needs: str) -> Any:
     storages = tracker.storages()
     if not storages:
         raise click.UsageError("this app's TrackUsage has no storage; pass storage=SQLStorage(...)")
-    storage = storages[0]
+    # Flask-Track-Usage setups list writers first ([PrintWriter(), SQLStorage(...)]): take the first that can.
+    able = [s for s in storages if all(callable(getattr(s, name, None)) for name in needs)]
+    storage = able[0] if able else storages[0]
     missing = [name for name in needs if not callable(getattr(storage, name, None))]
     if missing:
         raise click.UsageError(f"the storage {storage!r} cannot do this (it has no {', '.join(missing)})")

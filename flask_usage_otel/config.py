@@ -11,6 +11,7 @@ import difflib
 import itertools
 import math
 import re
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,21 @@ _METRIC_PREFIX_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 MetricsAuth = Callable[[Any], bool] | str | tuple[str, str] | None
 CaptureUser = Callable[[], str | None] | str | None
+
+
+_PACKAGE = __name__.partition(".")[0]
+
+
+class LegacySettingWarning(DeprecationWarning):
+    """A Flask-Track-Usage setting that is accepted but obsolete.
+
+    Python hides a ``DeprecationWarning`` unless it is raised from ``__main__``; these are
+    about the user's own configuration, so they are shown once per place by default
+    (``-W`` and ``warnings`` filters set later still decide).
+    """
+
+
+warnings.filterwarnings("default", category=LegacySettingWarning)
 
 
 class ConfigError(ValueError):
@@ -314,21 +330,46 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
 
 
 def _warn_about_legacy_and_unknown_keys(config: Mapping[str, Any]) -> None:
-    if _bool(PREFIX + "USE_FREEGEOIP", config.get(PREFIX + "USE_FREEGEOIP", False)):
+    stacklevel = _user_stacklevel()
+    if PREFIX + "USE_FREEGEOIP" in config:
+        # Flask-Track-Usage took any value by its truth (None, 0, 1, "" ...): so does this.
+        if config[PREFIX + "USE_FREEGEOIP"]:
+            message = (
+                "TRACK_USAGE_USE_FREEGEOIP is replaced by TRACK_USAGE_GEOIP_DB: a local MaxMind-format "
+                "database, so no request ever waits on a third-party lookup; the old key is ignored"
+            )
+        else:
+            message = "TRACK_USAGE_USE_FREEGEOIP is obsolete and has no effect (see TRACK_USAGE_GEOIP_DB); remove it"
+        warnings.warn(message, LegacySettingWarning, stacklevel=stacklevel)
+    if PREFIX + "FREEGEOIP_ENDPOINT" in config:
         warnings.warn(
-            "TRACK_USAGE_USE_FREEGEOIP is replaced by TRACK_USAGE_GEOIP_DB: a local MaxMind-format "
-            "database, so no request ever waits on a third-party lookup; the old key is ignored",
-            DeprecationWarning,
-            stacklevel=4,
+            "TRACK_USAGE_FREEGEOIP_ENDPOINT is obsolete and ignored: no third-party lookup is made "
+            "(see TRACK_USAGE_GEOIP_DB); remove it",
+            LegacySettingWarning,
+            stacklevel=stacklevel,
         )
     if config.get(PREFIX + "COOKIE"):
         warnings.warn(
             "TRACK_USAGE_COOKIE was never implemented by Flask-Track-Usage and has no effect",
-            UserWarning,
-            stacklevel=4,
+            LegacySettingWarning,
+            stacklevel=stacklevel,
         )
     for key in config:
         if isinstance(key, str) and key.startswith(PREFIX) and key not in KNOWN_KEYS:
             close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.warn(f"unknown setting {key}{hint}", UserWarning, stacklevel=4)
+            warnings.warn(f"unknown setting {key}{hint}", UserWarning, stacklevel=stacklevel)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside this package.
+
+    ``load_settings`` is reached through ``TrackUsage(app)`` or ``init_app(app)`` (or
+    directly), so a fixed number would point into this package on one of those paths.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == _PACKAGE:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level

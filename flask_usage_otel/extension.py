@@ -22,6 +22,7 @@ from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
 from .record import UNMATCHED_ROUTE, RecordContext
 from .sinks import RequestState, Sink, overrides
+from .storage.compat import adapt_storages, bind_metrics
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -199,7 +200,9 @@ class _AppTracker:
 
     def _decide(self, endpoint: str | None) -> _EndpointInfo:
         view = current_app.view_functions.get(endpoint) if endpoint is not None else None
-        tracked = self.request_filter.decide(endpoint, view, self.settings.include_or_exclude_views)
+        tracked = self.request_filter.decide(
+            endpoint, view, self.settings.include_or_exclude_views, current_app.blueprints
+        )
         info = _EndpointInfo(tracked, blueprint_of(endpoint))
         self.endpoints[endpoint] = info
         return info
@@ -313,7 +316,7 @@ class TrackUsage:
         serve_metrics = settings.metrics_path is not None and settings.prometheus
         if serve_metrics and settings.metrics_path in {r.rule for r in app.url_map.iter_rules()}:
             raise ConfigError("TRACK_USAGE_METRICS_PATH", f"{settings.metrics_path!r} is already a route of the app")
-        storages = _as_list(storage if storage is not None else self._storage)
+        storages = adapt_storages(_as_list(storage if storage is not None else self._storage))
         multiprocess = multiprocess_dir() is not None
         registry = self._registry
         if registry is None:
@@ -330,6 +333,7 @@ class TrackUsage:
             if otel_sink is not None:
                 sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None
+        bind_metrics(storages, metrics)
         if metrics is not None:
             sinks.append(
                 PrometheusSink(
@@ -391,7 +395,7 @@ class TrackUsage:
         self._forget_decisions()
 
     def _set_blueprint(self, blueprint: Blueprint | str, tracked: bool) -> None:
-        self._filter.set_blueprint(blueprint if isinstance(blueprint, str) else blueprint.name, tracked)
+        self._filter.set_blueprint(blueprint, tracked)
         self._forget_decisions()
 
     def _forget_decisions(self) -> None:
@@ -402,11 +406,22 @@ class TrackUsage:
     # -- storage ----------------------------------------------------------------------
 
     def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Raw rows from the current app's first storage; arguments as ``Storage.get_usage``."""
+        """Rows from the current app's first storage; arguments as ``Storage.get_usage``.
+
+        With ``SQLStorage`` these are in Flask-Track-Usage's form; :meth:`read_usage` gives decoded rows.
+        """
         storages = self._tracker().storages
         if not storages:
             raise RuntimeError("this app has no storage; pass storage=SQLStorage(...) to TrackUsage")
         return storages[0].get_usage(*args, **kwargs)
+
+    def read_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Decoded rows (every field) from the current app's first storage that has ``read_usage``."""
+        for storage in self._tracker().storages:
+            read = getattr(storage, "read_usage", None)
+            if read is not None:
+                return read(*args, **kwargs)
+        raise RuntimeError("this app has no storage with read_usage; pass storage=SQLStorage(...) to TrackUsage")
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Write out every queued row of the current app's storages; True when none is left."""

@@ -13,7 +13,7 @@ lookup, plus one regex match only when path patterns are configured.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 ViewTarget = Callable[..., Any] | str
@@ -25,33 +25,56 @@ class RequestFilter:
     def __init__(self) -> None:
         self._views: dict[Any, bool] = {}  # view function or endpoint name -> tracked?
         self._blueprints: dict[str, bool] = {}  # blueprint name -> tracked?
+        # Blueprint object -> tracked?: one blueprint may be registered under several names
+        # (register_blueprint(bp, name="api_v2")), and the object covers every one of them.
+        self._blueprint_objects: dict[Any, bool] = {}
         self._never: set[str] = set()  # endpoints that are never tracked (the metrics view)
 
     def set_view(self, view: ViewTarget, tracked: bool) -> None:
         """Include (``tracked=True``) or exclude a view function or an endpoint name."""
         self._views[_view_key(view)] = tracked
 
-    def set_blueprint(self, name: str, tracked: bool) -> None:
-        """Include or exclude every view of the blueprint called ``name``."""
-        self._blueprints[name] = tracked
+    def set_blueprint(self, blueprint: Any, tracked: bool) -> None:
+        """Include or exclude every view of a blueprint.
+
+        :param blueprint: a ``Blueprint`` object (every name it is registered under, on every
+            app) or a registration name (only that registration).
+        """
+        if isinstance(blueprint, str):
+            self._blueprints[blueprint] = tracked
+        else:
+            self._blueprint_objects[blueprint] = tracked
 
     def never_track(self, endpoint: str) -> None:
         self._never.add(endpoint)
 
-    def decide(self, endpoint: str | None, view: Callable[..., Any] | None, mode: str) -> bool:
+    def decide(
+        self,
+        endpoint: str | None,
+        view: Callable[..., Any] | None,
+        mode: str,
+        registered: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Whether requests to ``endpoint`` (None: no URL rule matched) are tracked.
 
         :param view: the endpoint's view function, from ``app.view_functions``.
         :param mode: ``"include"`` or ``"exclude"``.
+        :param registered: the app's blueprints by registration name (``app.blueprints``),
+            to find which blueprint object a registration name belongs to.
         """
         if endpoint in self._never:
             return False
         for key in (_view_key(view) if view is not None else None, endpoint):
             if key is not None and key in self._views:
                 return self._views[key]
+        objects = self._blueprint_objects
         for blueprint in _blueprints_of(endpoint):
             if blueprint in self._blueprints:
                 return self._blueprints[blueprint]
+            if objects and registered is not None:
+                obj = registered.get(blueprint)
+                if obj is not None and obj in objects:
+                    return objects[obj]
         return mode == "exclude"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import ConfigError, TrackUsage
-from flask_usage_otel.config import DEFAULT_BUCKETS, load_settings
+from flask_usage_otel.config import DEFAULT_BUCKETS, LegacySettingWarning, load_settings
 
 
 def test_defaults() -> None:
@@ -107,14 +108,35 @@ def test_unknown_key_warns_with_the_closest_name() -> None:
         load_settings({"TRACK_USAGE_EXCLUDE_PATH": ["/x"]})
 
 
-def test_flask_track_usage_keys_are_accepted() -> None:
+@pytest.mark.parametrize("value", [None, 0, 1, "", "yes", False, True])
+def test_use_freegeoip_takes_any_value_by_its_truth_and_warns(value: object) -> None:
+    # Flask-Track-Usage read the key by its truth: every such value must load, and say it is obsolete.
+    with pytest.warns(LegacySettingWarning, match="TRACK_USAGE_USE_FREEGEOIP") as caught:
+        settings = load_settings({"TRACK_USAGE_USE_FREEGEOIP": value})
+    assert settings.geoip_db is None
+    assert all(issubclass(w.category, DeprecationWarning) for w in caught)
+    expected = "replaced by TRACK_USAGE_GEOIP_DB" if value else "has no effect"
+    assert expected in str(caught[0].message)
+
+
+def test_other_flask_track_usage_keys_warn_as_obsolete() -> None:
+    with pytest.warns(LegacySettingWarning, match="TRACK_USAGE_FREEGEOIP_ENDPOINT"):
+        load_settings({"TRACK_USAGE_FREEGEOIP_ENDPOINT": "http://x/{ip}"})
+    with pytest.warns(LegacySettingWarning, match="TRACK_USAGE_COOKIE"):
+        load_settings({"TRACK_USAGE_COOKIE": True})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_settings({"TRACK_USAGE_USE_FREEGEOIP": False, "TRACK_USAGE_FREEGEOIP_ENDPOINT": "http://x/{ip}"})
-    with pytest.warns(DeprecationWarning, match="TRACK_USAGE_GEOIP_DB"):
-        load_settings({"TRACK_USAGE_USE_FREEGEOIP": True})
-    with pytest.warns(UserWarning, match="TRACK_USAGE_COOKIE"):
-        load_settings({"TRACK_USAGE_COOKIE": True})
+        load_settings({"TRACK_USAGE_COOKIE": False})  # off, as Flask-Track-Usage had it: nothing to say
+
+
+def test_legacy_warning_points_at_the_callers_line() -> None:
+    app = Flask(__name__)
+    app.config["TRACK_USAGE_USE_FREEGEOIP"] = 1
+    with pytest.warns(LegacySettingWarning) as caught:
+        TrackUsage(app, registry=CollectorRegistry())  # this line
+    line = inspect.currentframe().f_lineno - 1  # type: ignore[union-attr]
+    assert caught[0].filename == __file__
+    assert caught[0].lineno == line
 
 
 def test_second_init_app_is_refused() -> None:

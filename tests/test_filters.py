@@ -194,9 +194,9 @@ def test_decisions_are_cached_per_endpoint() -> None:
     request_filter = RequestFilter()
     original = request_filter.decide
 
-    def counting(endpoint: str | None, view: Any, mode: str) -> bool:
+    def counting(endpoint: str | None, view: Any, mode: str, registered: Any = None) -> bool:
         calls.append(endpoint)
-        return original(endpoint, view, mode)
+        return original(endpoint, view, mode, registered)
 
     request_filter.decide = counting  # type: ignore[method-assign]
     app, t, _ = _app()
@@ -212,3 +212,42 @@ def test_blueprint_of() -> None:
     assert blueprint_of("index") is None
     assert blueprint_of("shop.cart") == "shop"
     assert blueprint_of("parent.child.view") == "parent.child"
+
+
+@pytest.mark.parametrize(("mode", "method"), [("exclude", "exclude_blueprint"), ("include", "include_blueprint")])
+def test_blueprint_object_covers_every_registration_name(mode: str, method: str) -> None:
+    app, t, requests = _app(mode)
+    bp = Blueprint("api", __name__)
+
+    @bp.route("/ping")
+    def ping() -> str:
+        return "pong"
+
+    @app.route("/plain")
+    def plain() -> str:
+        return "plain"
+
+    getattr(t, method)(bp)
+    app.register_blueprint(bp, url_prefix="/v1")
+    app.register_blueprint(bp, url_prefix="/v2", name="api_v2")
+    _hit(app, "/v1/ping", "/v2/ping", "/plain")
+    tracked = {(s["route"], s["blueprint"]) for s in requests.series()}
+    if mode == "exclude":
+        assert tracked == {("/plain", "")}
+    else:
+        assert tracked == {("/v1/ping", "api"), ("/v2/ping", "api_v2")}
+
+
+def test_registration_name_covers_only_that_registration() -> None:
+    app, t, requests = _app("exclude")
+    bp = Blueprint("api", __name__)
+
+    @bp.route("/ping")
+    def ping() -> str:
+        return "pong"
+
+    t.exclude_blueprint("api_v2")
+    app.register_blueprint(bp, url_prefix="/v1")
+    app.register_blueprint(bp, url_prefix="/v2", name="api_v2")
+    _hit(app, "/v1/ping", "/v2/ping")
+    assert {s["route"] for s in requests.series()} == {"/v1/ping"}

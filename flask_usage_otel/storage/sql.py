@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -29,7 +30,9 @@ from sqlalchemy.pool import StaticPool
 
 from ..privacy import Anonymizer, stored_addresses
 from .base import SUMMARY_BY, SUMMARY_PERIODS
+from .legacy_rows import legacy_usage_dict
 from .sql_rows import JSON_COLUMNS, Inserter, clean_text
+from .summaries import Summaries
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -243,6 +246,12 @@ class SQLStorage:
     :param schema: the database schema of the table (PostgreSQL), default the connection's.
     :param create_tables: create the table and its indexes on first use when missing.
     :param engine_options: extra ``create_engine`` keyword arguments (with ``conn_str`` only).
+    :param hooks: Flask-Track-Usage's summary hooks (``sumUrl``, ``sumRemote``, ``sumUserAgent``,
+        ``sumLanguage``, ``sumServer`` from :mod:`flask_usage_otel.summarization`): hits and bytes
+        per hour, day and month in their own tables, updated with each written batch; read with
+        :meth:`get_sum`.
+
+    As in Flask-Track-Usage, an engine may also be given as the first argument.
     """
 
     _partition_by_day = False  # True in storage.partitions.PartitionedSQLStorage
@@ -258,7 +267,10 @@ class SQLStorage:
         schema: str | None = None,
         create_tables: bool = True,
         engine_options: Mapping[str, Any] | None = None,
+        hooks: Sequence[Any] | None = None,
     ) -> None:
+        if isinstance(conn_str, sa.Engine) and engine is None:  # Flask-Track-Usage's SQLStorage(engine)
+            conn_str, engine = None, conn_str
         given = [name for name, value in (("conn_str", conn_str), ("engine", engine), ("db", db)) if value is not None]
         if len(given) != 1:
             raise ValueError(
@@ -285,7 +297,25 @@ class SQLStorage:
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()
+        self._state_read_at = 0.0
+        self.legacy_recheck_interval = 60.0
+        """Seconds between two looks at an old (Flask-Track-Usage) table's layout."""
         self._inserter_for: tuple[_TableState, Inserter] | None = None
+        self.summaries = Summaries(self.table, hooks) if hooks else None
+        self.batch_hooks: list[Any] = [self.summaries] if self.summaries is not None else []
+        """Called as ``hook(conn, records)`` with each batch, inside the transaction that inserts it
+        (so a batch that fails and is retried is seen once); a hook with ``prepare(engine)`` gets it
+        called first, outside the transaction."""
+
+    @property
+    def track_table(self) -> sa.Table:
+        """The usage table (Flask-Track-Usage's name for it)."""
+        return self.table
+
+    @property
+    def sum_tables(self) -> dict[str, sa.Table]:
+        """The summary tables by Flask-Track-Usage's names (``"url_daily"``, ...); empty without hooks."""
+        return dict(self.summaries.tables) if self.summaries is not None else {}
 
     def __repr__(self) -> str:
         where = self._engine.url.render_as_string(hide_password=True) if self._engine is not None else "db"
@@ -323,6 +353,8 @@ class SQLStorage:
         self._create(self.engine)
         with self._state_lock:
             self._state = None
+        if self.summaries is not None:
+            self.summaries.prepare(self.engine)
 
     def _create(self, engine: sa.Engine) -> None:
         try:
@@ -335,7 +367,13 @@ class SQLStorage:
     def _table_state(self) -> _TableState:
         state = self._state
         if state is not None:
-            return state
+            # An old table may be upgraded by another process (`flask usage upgrade-table`):
+            # look again now and then, so this one stops cutting values to the old widths.
+            if not state.is_legacy or time.monotonic() - self._state_read_at < self.legacy_recheck_interval:
+                return state
+            with self._state_lock:
+                if self._state is state:
+                    self._state = None
         with self._state_lock:
             if self._state is None:
                 engine = self.engine
@@ -349,6 +387,7 @@ class SQLStorage:
                     self._create(engine)
                     inspector = sa.inspect(engine)
                 self._state = _reflect(inspector, self.table)
+                self._state_read_at = time.monotonic()
             return self._state
 
     def missing_columns(self) -> list[str]:
@@ -405,6 +444,8 @@ class SQLStorage:
                 changes.append(f"dropped index {name}")
         with self._state_lock:
             self._state = None
+        if self.summaries is not None:
+            changes += self.summaries.upgrade(engine)
         return changes
 
     @staticmethod
@@ -432,8 +473,14 @@ class SQLStorage:
         if not records:
             return
         inserter = self._inserter()
+        for hook in self.batch_hooks:
+            prepare = getattr(hook, "prepare", None)
+            if prepare is not None:
+                prepare(self.engine)
         with self.engine.begin() as conn:
             inserter.insert(conn, records)
+            for hook in self.batch_hooks:
+                hook(conn, records)
 
     def _inserter(self) -> Inserter:
         """The compiled INSERT for the table as it is now (rebuilt after ``upgrade_table``)."""
@@ -453,6 +500,27 @@ class SQLStorage:
         end_date: datetime | date | None = None,
         limit: int = 500,
         page: int = 1,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Raw rows, newest first, exactly as Flask-Track-Usage 2.0's ``SQLStorage.get_usage`` gave them.
+
+        Its keys only (``url``, ``user_agent``, ``blueprint``, ``view_args``, ``status``, ``remote_addr``,
+        ``xforwardedfor``, ``authorization``, ``ip_info``, ``path``, ``speed``, ``date``, ``username``,
+        ``track_var``); ``view_args``, ``track_var`` and ``ip_info`` as the JSON text it stored (None when
+        empty); ``date`` naive UTC. The keyword filters of :meth:`read_usage` apply too. New code should
+        use :meth:`read_usage` (decoded values, every field). See docs/migration.md for each field.
+        """
+        query = self._usage_query(start_date, end_date, limit, page, filters)
+        dialect = self.engine.dialect.name
+        with self.engine.connect() as conn:
+            return [legacy_usage_dict(row._mapping, dialect) for row in conn.execute(query)]
+
+    def read_usage(
+        self,
+        start_date: datetime | date | None = None,
+        end_date: datetime | date | None = None,
+        limit: int = 500,
+        page: int = 1,
         *,
         endpoint: str | Iterable[str] | None = None,
         route: str | Iterable[str] | None = None,
@@ -461,7 +529,11 @@ class SQLStorage:
         method: str | Iterable[str] | None = None,
         username: str | Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Raw rows, newest first, as dicts with Flask-Track-Usage's keys plus the new fields.
+        """Raw rows, newest first, decoded: the recommended reader.
+
+        Dicts with Flask-Track-Usage's keys plus the new fields (``id``, ``method``, ``route``,
+        ``endpoint``, ...); ``view_args``, ``track_var`` and ``ip_info`` decoded from JSON (None when
+        absent), ``date`` timezone-aware UTC.
 
         :param start_date: earliest time (inclusive); a naive datetime is taken as UTC, a date as its midnight.
         :param end_date: latest time (inclusive); a date means up to its midnight, as for ``start_date``.
@@ -487,6 +559,30 @@ class SQLStorage:
         )
         with self.engine.connect() as conn:
             return [_usage_dict(row._mapping) for row in conn.execute(query)]
+
+    def get_sum(
+        self,
+        hook: Any,
+        start_date: datetime | date | None = None,
+        end_date: datetime | date | None = None,
+        limit: int = 500,
+        page: int = 1,
+        target: str | None = None,
+        *,
+        period: str = "daily",
+    ) -> list[dict[str, Any]]:
+        """Rows of a summary hook's table, newest period first, most hits first.
+
+        :param hook: ``sumUrl`` (the class, an instance, ``"sumUrl"`` or ``"url"``), one of this storage's hooks.
+        :param period: ``"hourly"``, ``"daily"`` or ``"monthly"`` (or ``hour``, ``day``, ``month``).
+        :param target: only this key value (one URL, one address, ...).
+        :returns: ``{"date": naive UTC start of the period, <key name>: value, "hits": int, "transfer": int}``;
+            the key name is the hook's (``url``, ``remote``, ``useragent``, ``language``, ``server``).
+        """
+        if self.summaries is None:
+            raise ValueError("this SQLStorage has no summary hooks; pass hooks=[sumUrl, ...]")
+        self.summaries.prepare(self.engine)
+        return self.summaries.read(self.engine, hook, period, start_date, end_date, limit, page, target)
 
     def explain_usage(
         self,
@@ -765,12 +861,15 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> No
 def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
     columns: list[str] = []
     widths: dict[str, int] = {}
+    # SQLite keeps text whole whatever width a column declares, and upgrade_table cannot change a
+    # declared width there: an old table's VARCHAR(24) must not cut values after the upgrade.
+    enforces_widths = inspector.dialect.name != "sqlite"
     for info in inspector.get_columns(table.name, schema=table.schema):
         name = info["name"]
         if name not in table.c:
             continue  # a column of the user's own: left alone
         columns.append(name)
-        length = getattr(info["type"], "length", None)
+        length = getattr(info["type"], "length", None) if enforces_widths else None
         if name in COLUMN_WIDTHS:
             widths[name] = min(length, COLUMN_WIDTHS[name]) if isinstance(length, int) else COLUMN_WIDTHS[name]
     if "datetime" not in columns or "id" not in columns:

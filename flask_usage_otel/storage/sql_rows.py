@@ -125,15 +125,11 @@ def json_text(value: Any, width: int) -> str | None:
 
 
 def record_url(record: UsageRecord) -> str:
-    """``record.url`` without its two ``quote`` calls when the path has nothing to quote (nearly always)."""
-    path = record.path
-    if record.script_root or _PATH_NEEDS_QUOTING(path):
-        try:
-            return record.url
-        except UnicodeEncodeError:  # a lone surrogate: quote() refuses it, so the row would be lost
-            return replace(record, path=clean_text(path, None), script_root=clean_text(record.script_root, None)).url
-    query = record.query_string
-    return f"{record.scheme}://{record.host}{path}?{query}" if query else f"{record.scheme}://{record.host}{path}"
+    """``record.url`` (``request.url``), which takes a fast path for plain ASCII URLs itself."""
+    try:
+        return record.url
+    except UnicodeEncodeError:  # a lone surrogate: quote() refuses it, so the row would be lost
+        return replace(record, path=clean_text(record.path, None), script_root=clean_text(record.script_root, None)).url
 
 
 def _text_values(record: UsageRecord) -> tuple[Any, ...]:

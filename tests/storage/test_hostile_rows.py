@@ -159,7 +159,7 @@ def check_row(row: dict[str, Any], record: UsageRecord) -> None:
 def test_hostile_record_round_trips_or_is_cut_as_documented(storage: SQLStorage, record: UsageRecord) -> None:
     storage.store([record])  # an INSERT error fails the test here
     try:
-        rows = storage.get_usage(limit=5)
+        rows = storage.read_usage(limit=5)
         assert len(rows) == 1
         check_row(rows[0], record)
     finally:
@@ -179,7 +179,7 @@ def test_a_hostile_row_does_not_spoil_its_batch(storage: SQLStorage) -> None:
     )
     plain = make_record(timestamp=hostile.timestamp + 1)
     storage.store([hostile, plain])
-    newest, oldest = storage.get_usage(limit=5)
+    newest, oldest = storage.read_usage(limit=5)
     check_row(newest, plain)
     check_row(oldest, hostile)
     assert oldest["path"] == "/" + "😀" * 2047

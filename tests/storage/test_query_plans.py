@@ -68,7 +68,7 @@ def test_one_day_get_usage_uses_the_datetime_index(big_storage: SQLStorage) -> N
     day = datetime(2024, 1, 20, tzinfo=timezone.utc)
     plan = big_storage.explain_usage(day, day + timedelta(days=1), limit=500)
     assert f"ix_{big_storage.table.name}_datetime" in plan, plan
-    rows = big_storage.get_usage(day, day + timedelta(days=1), limit=500)
+    rows = big_storage.read_usage(day, day + timedelta(days=1), limit=500)
     assert len(rows) == 500
     assert rows[0]["date"] == day + timedelta(days=1)
 
@@ -78,7 +78,7 @@ def test_filtered_get_usage_uses_an_index(big_storage: SQLStorage) -> None:
     plan = big_storage.explain_usage(day, day + timedelta(days=1), route="/r3")
     # The route index or the datetime index, whichever the planner finds cheaper; never a full scan.
     assert f"ix_{big_storage.table.name}_route" in plan or f"ix_{big_storage.table.name}_datetime" in plan, plan
-    assert {r["route"] for r in big_storage.get_usage(day, day + timedelta(days=1), route="/r3")} == {"/r3"}
+    assert {r["route"] for r in big_storage.read_usage(day, day + timedelta(days=1), route="/r3")} == {"/r3"}
 
 
 def test_explain_refuses_unknown_filters(big_storage: SQLStorage) -> None:

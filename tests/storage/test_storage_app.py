@@ -49,7 +49,7 @@ def test_requests_show_up_in_get_usage(storage: SQLStorage) -> None:
     assert client.get("/missing").status_code == 404
     with app.app_context():
         assert tracker.flush(WAIT)
-        rows = tracker.get_usage()
+        rows = storage.read_usage()
     assert [r["path"] for r in rows] == ["/missing", "/boom", *[f"/items/{i}" for i in range(4, -1, -1)]]
     missing, boom, newest_item = rows[0], rows[1], rows[2]
     assert (missing["status"], missing["route"], missing["endpoint"]) == (404, "<unmatched>", None)

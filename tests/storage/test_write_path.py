@@ -56,7 +56,7 @@ def test_rows_match_sqlalchemys_own_insert(storage: SQLStorage) -> None:
     """The driver-level path stores exactly what SQLAlchemy's insert() stores (types, datetime text on SQLite)."""
     record = make_record(timestamp=T0.timestamp(), content_length=None, authorization=False)
     storage.store([record])
-    [fast] = storage.get_usage()
+    [fast] = storage.read_usage()
     with storage.engine.begin() as conn:
         conn.execute(
             storage.table.insert(),
@@ -68,7 +68,7 @@ def test_rows_match_sqlalchemys_own_insert(storage: SQLStorage) -> None:
     assert fast["date"] == T0
     assert fast["authorization"] is False
     assert fast["content_length"] is None
-    assert [row["date"] for row in storage.get_usage(start_date=T0, end_date=T0 + timedelta(seconds=1))] == [
+    assert [row["date"] for row in storage.read_usage(start_date=T0, end_date=T0 + timedelta(seconds=1))] == [
         T0 + timedelta(microseconds=1),
         T0,
     ]
@@ -85,7 +85,7 @@ def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db_url: str,
         with pytest.raises(sa_exc.DBAPIError) as refused:
             storage.store(records)
         assert not storage.is_transient_error(refused.value)
-        assert storage.get_usage() == []  # the batch was one transaction
+        assert storage.read_usage() == []  # the batch was one transaction
 
         writer = BatchWriter(storage, batch_size=10, flush_interval=0.05)
         try:
@@ -94,7 +94,7 @@ def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db_url: str,
             assert writer.flush(30)
         finally:
             writer.shutdown(5)
-        assert sorted(row["path"] for row in storage.get_usage()) == [f"/ok/{i}" for i in range(5)]
+        assert sorted(row["path"] for row in storage.read_usage()) == [f"/ok/{i}" for i in range(5)]
         assert (writer.rows_written, writer.rows_dropped) == (5, 1)
     finally:
         drop_table(storage.engine, table_name)
@@ -103,7 +103,7 @@ def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db_url: str,
 
 def test_integers_a_column_cannot_hold_are_stored_as_null(storage: SQLStorage) -> None:
     storage.store([make_record(content_length=2**63, response_size=-(2**63) - 1, status=2**31)])
-    [row] = storage.get_usage()
+    [row] = storage.read_usage()
     assert (row["content_length"], row["response_size"], row["status"]) == (None, None, None)
 
 
@@ -125,7 +125,7 @@ def test_copy_on_a_killed_connection_is_a_transient_error_and_the_next_batch_rec
         assert lost.value.connection_invalidated
         assert storage.is_transient_error(lost.value)
         storage.store([make_record(path="/again")])
-        assert sorted(row["path"] for row in storage.get_usage()) == ["/again", "/first"]
+        assert sorted(row["path"] for row in storage.read_usage()) == ["/again", "/first"]
     finally:
         drop_table(storage.engine, name)
         storage.engine.dispose()
@@ -166,7 +166,7 @@ def test_upgrade_drops_the_indexes_earlier_versions_made_and_keeps_the_users_own
         }
         assert storage.upgrade_table() == []
         storage.store([make_record(status=503)])
-        assert [row["status"] for row in storage.get_usage(status=503)] == [503]
+        assert [row["status"] for row in storage.read_usage(status=503)] == [503]
     finally:
         drop_table(engine, table_name)
         engine.dispose()
