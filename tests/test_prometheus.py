@@ -52,8 +52,8 @@ def test_metric_names_and_labels() -> None:
         for s in families["flask_usage_request_duration_seconds"].samples
         if s.name.endswith("_bucket") and s.labels["route"] == "/shop/cart"
     ]
-    assert buckets[:3] == ["0.005", "0.01", "0.025"]
-    assert buckets[-2:] == ["10.0", "+Inf"]
+    assert buckets[:3] == ["0.0001", "0.00025", "0.0005"]
+    assert buckets[-2:] == ["30.0", "+Inf"]
     size = registry.get_sample_value(
         "flask_usage_response_size_bytes_sum",
         {"method": "GET", "route": "/shop/cart", "blueprint": "shop", "status": "200"},

@@ -8,8 +8,8 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from flask_usage_otel.config import load_settings
-from flask_usage_otel.otel import DURATION_BUCKETS, otel_metrics_enabled
+from flask_usage_otel.config import DEFAULT_BUCKETS, load_settings
+from flask_usage_otel.otel import otel_metrics_enabled
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_duration_histogram_and_active_requests(make_app, reader, exporter):
         )
     ]
     assert ok.count == 2
-    assert tuple(ok.explicit_bounds) == DURATION_BUCKETS
+    assert tuple(ok.explicit_bounds) == DEFAULT_BUCKETS
     failed = [p for p in duration.data.data_points if p.attributes.get("error.type") == "ValueError"]
     assert len(failed) == 1
     assert failed[0].attributes["http.response.status_code"] == 500
