@@ -310,7 +310,7 @@ class RequestTracker:
 
     def after_request(self, response: Response) -> Response:
         try:
-            exchange = request.environ.get(self.environ_key)
+            exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
             if exchange is not None and exchange.state is not None:
                 exchange.complete = _in_memory(response)
                 if self._user_callable:
