@@ -23,6 +23,7 @@ went through the wrapper, counted as they pass, never buffered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -131,7 +132,9 @@ class _Exchange:
         # Dropped unread and unclosed (a test response never read, a server that breaks
         # PEP 3333): finish anyway, so the request is counted and leaves no gauge behind.
         if not self.finished:
-            self.tracker.finish(self)
+            # At interpreter exit modules may be gone: never raise from __del__.
+            with contextlib.suppress(Exception):
+                self.tracker.finish(self)
 
 
 @dataclass
