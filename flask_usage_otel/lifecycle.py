@@ -71,7 +71,6 @@ class _Exchange:
     __slots__ = (
         "_start_response",
         "body",
-        "complete",
         "decided",
         "finished",
         "g",
@@ -97,8 +96,6 @@ class _Exchange:
         self.status: str | None = None
         self.headers: list[tuple[str, str]] | None = None
         self.body: Iterable[bytes] | None = None
-        self.complete = False
-        """Whether the body is already whole in memory (a sequence), so nothing is left to time."""
         self.sent = 0
         self.finished = False
 
@@ -174,10 +171,10 @@ class RequestTracker:
         self._wrap(app)
         # First of the app's URL value preprocessors, which Flask runs before any before_request.
         app.url_value_preprocessors.setdefault(None, []).insert(0, self.url_value_preprocessor)
-        # Flask runs after_request functions in reverse: ours runs last and sees the final
-        # response and user.
-        app.after_request_funcs.setdefault(None, []).insert(0, self.after_request)
         self._user_callable = callable(self._capture_user) and self._wants_details
+        if self._user_callable:
+            # Flask runs after_request functions in reverse: ours runs last and sees the final user.
+            app.after_request_funcs.setdefault(None, []).insert(0, self.after_request)
         got_request_exception.connect(self.on_exception, app)
 
     def _wrap(self, app: Flask) -> None:
@@ -214,7 +211,7 @@ class RequestTracker:
         state = exchange.state
         if state is None:
             return body  # not tracked: the body goes out untouched
-        if exchange.complete:
+        if _in_memory(body):
             # Flask's usual response: the body is a few bytes already in memory, every hook
             # and teardown has run, nothing is left to time. Finishing here keeps the body
             # unwrapped (no per-chunk cost) and the record visible as soon as the app returns.
@@ -315,9 +312,7 @@ class RequestTracker:
         try:
             exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
             if exchange is not None and exchange.state is not None:
-                exchange.complete = _in_memory(response)
-                if self._user_callable:
-                    exchange.state.username = self._callable_user()
+                exchange.state.username = self._callable_user()
         except Exception:
             self._hook_failed("after_request")
         return response
@@ -457,26 +452,28 @@ def _status_code(status: str | None) -> int:
         return 500
 
 
-def _in_memory(response: Response) -> bool:
-    """Whether a response's body is a sequence already in memory, not a stream or a file.
+def _in_memory(body: Any) -> bool:
+    """Whether a WSGI body Flask returned is a sequence already in memory, not a stream or a file.
 
-    An error page that Flask made from an ``HTTPException`` (404, 405, ``abort(403)``, the
-    500 page) reaches us as a ``ClosingIterator`` over the page's own response: that is
-    in memory too when the inner response is a sequence. ``abort(Response(stream))`` is
-    not, and is timed and counted as it streams like any other streamed body.
+    Flask returns ``ClosingIterator(response.iter_encoded(), response.close)``: the response
+    is the owner of that ``close``. An error page Flask made from an ``HTTPException`` (404,
+    405, ``abort(403)``, the 500 page) is a response whose body is, in turn, a
+    ``ClosingIterator`` over the page's own response: in memory too when that one is a
+    sequence. ``abort(Response(stream))`` is not, and is timed and counted as it streams.
     """
-    if not response.is_streamed:
-        return not response.direct_passthrough
-    body: Any = response.response
-    for _ in range(4):  # run_wsgi_app may wrap it once more; never loop forever
+    for _ in range(6):  # each wrapping adds a level or two; never loop forever
         if type(body) is not ClosingIterator:
             return False
-        inner = None
-        for callback in body._callbacks:  # the wrapped iterable's or response's close()
+        inner: Any = None
+        for callback in body._callbacks:  # the wrapped iterable's close() and the response's
             owner = getattr(callback, "__self__", None)
             if isinstance(owner, WerkzeugResponse):
-                return owner.is_sequence and not owner.direct_passthrough
-            if type(owner) is ClosingIterator:
+                if owner.direct_passthrough:
+                    return False
+                if owner.is_sequence:
+                    return True
+                inner = owner.response
+            elif type(owner) is ClosingIterator:
                 inner = owner
         body = inner
     return False
