@@ -65,45 +65,32 @@ class _Exchange:
     """One request through the wrapper: its tracking state, what the app answered, its body.
 
     It is also the body handed to the server, counting the bytes as they pass and
-    finishing the request when the server closes it.
+    finishing the request when the server closes it. Most fields start as class
+    defaults, so making one per request costs four stores.
     """
 
-    __slots__ = (
-        "_start_response",
-        "body",
-        "decided",
-        "finished",
-        "g",
-        "headers",
-        "sent",
-        "start",
-        "state",
-        "status",
-        "timestamp",
-        "tracker",
-    )
+    decided = False
+    """Whether admission ran (tracked or not)."""
+    state: RequestState | None = None
+    """The tracked request's state; None when it is not tracked."""
+    g: Any = None
+    status: str | None = None
+    headers: list[tuple[str, str]] | None = None
+    body: Iterable[bytes] | None = None
+    sent = 0
+    finished = False
 
     def __init__(self, tracker: RequestTracker, start_response: Callable[..., Any]) -> None:
         self.start = time.perf_counter()
         self.timestamp = time.time()
         self.tracker = tracker
         self._start_response = start_response
-        self.decided = False
-        """Whether admission ran (tracked or not)."""
-        self.state: RequestState | None = None
-        """The tracked request's state; None when it is not tracked."""
-        self.g: Any = None
-        self.status: str | None = None
-        self.headers: list[tuple[str, str]] | None = None
-        self.body: Iterable[bytes] | None = None
-        self.sent = 0
-        self.finished = False
 
-    def start_response(self, status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         # The last call wins: an app may start again with exc_info before any byte is sent.
         self.status = status
         self.headers = headers
-        return self._start_response(status, headers, *exc_info)
+        return self._start_response(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -480,8 +467,9 @@ def _in_memory(body: Any) -> bool:
 
 
 def _content_length(headers: list[tuple[str, str]] | None) -> int:
-    for name, value in headers or ():
-        if name.lower() == "content-length":
+    # Werkzeug adds Content-Length last, spelled so: look there first.
+    for name, value in reversed(headers or ()):
+        if name == "Content-Length" or (len(name) == 14 and name.lower() == "content-length"):
             return int(value) if value.isascii() and value.isdigit() else 0
     return 0
 
