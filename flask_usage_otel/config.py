@@ -21,21 +21,27 @@ from .privacy import DEFAULT_REDACTED_QUERY_PARAMS
 
 PREFIX = "TRACK_USAGE_"
 
+# Latency buckets, seconds: 100 µs to 30 s in 1-2.5-5 steps. A Flask route served from
+# memory takes 0.1-1 ms, so buckets that start at 5 ms (the OTel default) put every fast
+# route in the first bucket and report its p50 as 2.5 ms. See docs/request-lifecycle.md.
 DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
     0.005,
     0.01,
     0.025,
     0.05,
-    0.075,
     0.1,
     0.25,
     0.5,
-    0.75,
     1.0,
     2.5,
     5.0,
-    7.5,
     10.0,
+    30.0,
 )
 DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
     100.0,
@@ -218,7 +224,9 @@ def _capture_user(key: str, value: Any) -> CaptureUser:
         return None
     if value is True or (isinstance(value, str) and value.lower() == "id"):
         return "id"
-    raise ConfigError(key, f"must be 'off', 'id' or a callable returning the user id, got {value!r}")
+    if isinstance(value, str) and value.lower() == "basic_auth":
+        return "basic_auth"
+    raise ConfigError(key, f"must be 'off', 'id', 'basic_auth' or a callable returning the user id, got {value!r}")
 
 
 def _anonymize_ip(key: str, value: Any) -> str | None:

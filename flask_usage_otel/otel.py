@@ -6,9 +6,11 @@ when a sink is created, so an app without the ``otel`` extra never loads it.
 A request's span is found in one of three ways, decided per request with one dict
 lookup and one context read:
 
-* **own**: nothing else traces the request; the sink starts the SERVER span in the
-  first ``before_request`` (so the view's spans nest under it) and ends it when the
-  response body is closed.
+* **own**: nothing else traces the request; the sink starts the SERVER span when the
+  request is admitted (before the app's URL value preprocessors and ``before_request``
+  hooks, so the view's spans nest under it), dated from the moment the environ reached
+  the ``wsgi_app`` wrapper; its context is detached when the wrapper unwinds, and the
+  span ends when the response body is closed.
 * **borrowed**: an outer layer (a WSGI middleware) already made a recording SERVER
   span current; the sink renames it ``"{METHOD} {route}"`` and adds its attributes.
 * **deferred**: ``opentelemetry-instrumentation-flask`` instruments the app; its
@@ -25,10 +27,10 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from flask import after_this_request
+from flask import after_this_request, has_request_context
 
 from . import __version__
-from .config import ConfigError, Settings
+from .config import DEFAULT_BUCKETS, ConfigError, Settings
 from .privacy import scrub_span_attributes
 from .prometheus import OTHER
 from .sinks import RequestState, Sink
@@ -40,8 +42,11 @@ logger = logging.getLogger(__name__)
 
 INSTRUMENTATION_NAME = "flask_usage_otel"
 
-DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
-"""The explicit bucket boundaries the HTTP semantic conventions advise for ``http.server.request.duration``."""
+NETWORK_PROTOCOL_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/2.0": "2", "HTTP/3": "3"}
+"""``SERVER_PROTOCOL`` -> ``network.protocol.version``. Anything else is ``_OTHER``: servers
+pass the client's spelling through (Werkzeug accepts any ``HTTP/1.x``), and an attribute
+with unbounded values would make one metric series per spelling."""
+_SCHEMES = {"http": "http", "https": "https"}
 
 # Set by opentelemetry-instrumentation-flask's WSGI wrapper before Flask runs (its span key
 # is set by its own before_request, which runs after ours).
@@ -84,6 +89,8 @@ class OtelSink(Sink):
     :param meter: an OpenTelemetry ``Meter`` for ``http.server.*`` metrics, or None for none.
     :param capture_user: put the record's user id on the span as ``enduser.id``.
     :param owned_providers: providers this sink created and so flushes and shuts down.
+    :param duration_buckets: the advisory bucket boundaries of ``http.server.request.duration``
+        (``TRACK_USAGE_BUCKETS``); a View configured on the meter provider still wins.
     """
 
     name = "otel"
@@ -95,6 +102,7 @@ class OtelSink(Sink):
         *,
         capture_user: bool = False,
         owned_providers: tuple[Any, ...] = (),
+        duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS,
     ) -> None:
         from opentelemetry import context, propagate, trace
         from opentelemetry.propagators.textmap import Getter
@@ -127,7 +135,6 @@ class OtelSink(Sink):
         self._carrier_keys: tuple[str, ...] = ()
         self._endpoints: dict[tuple[str, str | None, str], _EndpointSpan] = {}
         self._hosts: dict[tuple[str | None, str], tuple[str | None, int | None]] = {}
-        self._protocols: dict[str, str] = {}
         self._duration: Any = None
         self._active: Any = None
         self._active_attributes: dict[tuple[str, str], dict[str, str]] = {}
@@ -136,7 +143,7 @@ class OtelSink(Sink):
                 "http.server.request.duration",
                 unit="s",
                 description="Duration of HTTP server requests.",
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+                explicit_bucket_boundaries_advisory=duration_buckets,
             )
             self._active = meter.create_up_down_counter(
                 "http.server.active_requests", unit="{request}", description="Number of active HTTP server requests."
@@ -145,11 +152,10 @@ class OtelSink(Sink):
     # -- steps ------------------------------------------------------------------------
 
     def start(self, state: RequestState) -> None:
-        req = state.request
+        environ = state.request.environ
         if self._active is not None:
             # First, so that finish's decrement always has its increment.
-            self._active.add(1, self._active_attrs(state.method_label, req.scheme))
-        environ = req.environ
+            self._active.add(1, self._active_attrs(state.method_label, _scheme(environ)))
         if _INSTRUMENTOR_MARK in environ:
             self._defer(state)
         else:
@@ -159,21 +165,19 @@ class OtelSink(Sink):
             else:
                 self._start_span(state, environ)
 
-    def teardown(self, state: RequestState, exc: BaseException | None) -> None:
+    def teardown(self, state: RequestState) -> None:
         token = state.context_token
-        if token is not None:
-            state.context_token = None
-            if token is _DEFERRED:
-                span = state.request.environ.get(_INSTRUMENTOR_SPAN)
-                if span is not None:
-                    _set_ids(state, span.get_span_context())
-                return  # the instrumentor's own teardown ended its span and recorded the exception
-            # Detached here, in the request context that attached it, even when a
-            # streamed body is still to be sent (the span itself ends with the body).
-            self._detach(token)
-        span = state.span
-        if exc is not None and span is not None:
-            (span.span if type(span) is _Borrowed else span).record_exception(exc)
+        if token is None:
+            return
+        state.context_token = None
+        if token is _DEFERRED:
+            span = state.request.environ.get(_INSTRUMENTOR_SPAN)
+            if span is not None:
+                _set_ids(state, span.get_span_context())
+            return  # the instrumentor's own teardown ended its span and recorded the exception
+        # Detached as the wsgi_app wrapper unwinds, in the context that attached it, whatever
+        # the app's teardowns did; a streamed body may still be unsent (the span ends with it).
+        self._detach(token)
 
     def finish(self, state: RequestState) -> None:
         span = state.span
@@ -184,6 +188,8 @@ class OtelSink(Sink):
         borrowed = type(span) is _Borrowed
         if borrowed:
             span = span.span
+        if state.error is not None:
+            span.record_exception(state.error)
         if span.is_recording():
             status = state.status or 500
             attributes: dict[str, Any] = {"http.response.status_code": status}
@@ -212,7 +218,11 @@ class OtelSink(Sink):
         parent = self._incoming_context(environ)
         info = self._endpoint(state)
         span = self._tracer.start_span(
-            info.name, parent, self._server_kind, self._request_attributes(state, info, environ)
+            info.name,
+            parent,
+            self._server_kind,
+            self._request_attributes(state, info, environ),
+            start_time=int(state.timestamp * 1e9),  # when the environ reached the wsgi_app wrapper
         )
         state.span = span
         state.context_token = self._attach(self._set_span_in_context(span, parent))
@@ -230,6 +240,8 @@ class OtelSink(Sink):
 
     def _defer(self, state: RequestState) -> None:
         state.context_token = _DEFERRED
+        if not has_request_context():  # admitted after Flask gave up on the request
+            return
 
         @after_this_request
         def enrich(response: Response) -> Response:
@@ -289,7 +301,7 @@ class OtelSink(Sink):
         path = req.path
         root = req.root_path
         attributes["url.path"] = root + path if root else path
-        scheme = req.scheme
+        scheme = _scheme(environ)
         attributes["url.scheme"] = scheme
         query = environ.get("QUERY_STRING")
         if query:
@@ -311,19 +323,10 @@ class OtelSink(Sink):
         agent = environ.get("HTTP_USER_AGENT")
         if agent:
             attributes["user_agent.original"] = agent
-        version = self._protocol_version(environ.get("SERVER_PROTOCOL"))
+        version = _protocol_version(environ.get("SERVER_PROTOCOL"))
         if version is not None:
             attributes["network.protocol.version"] = version
         return attributes
-
-    def _protocol_version(self, protocol: str | None) -> str | None:
-        """``"1.1"`` for ``"HTTP/1.1"``."""
-        if not protocol:
-            return None
-        version = self._protocols.get(protocol)
-        if version is None:
-            version = self._protocols[protocol] = protocol.partition("/")[2] or protocol
-        return version
 
     def _server(self, host: str | None, scheme: str, environ: dict[str, Any]) -> tuple[str | None, int | None]:
         key = (host, scheme)
@@ -343,7 +346,7 @@ class OtelSink(Sink):
 
     def _record_metrics(self, state: RequestState, span: Any) -> None:
         environ = state.request.environ
-        scheme = environ.get("wsgi.url_scheme", "http")
+        scheme = _scheme(environ)
         status = state.status or 500
         self._active.add(-1, self._active_attrs(state.method_label, scheme))
         attributes: dict[str, Any] = {
@@ -356,7 +359,7 @@ class OtelSink(Sink):
         error_type = state.exception or (str(status) if status >= 500 else None)
         if error_type is not None:
             attributes["error.type"] = error_type
-        protocol = self._protocol_version(environ.get("SERVER_PROTOCOL"))
+        protocol = _protocol_version(environ.get("SERVER_PROTOCOL"))
         if protocol is not None:
             attributes["network.protocol.version"] = protocol
         context = None
@@ -383,6 +386,18 @@ def _set_ids(state: RequestState, span_context: Any) -> None:
         state.trace_id = format(span_context.trace_id, "032x")
         state.span_id = format(span_context.span_id, "016x")
         state.sampled = True
+
+
+def _protocol_version(protocol: str | None) -> str | None:
+    """``network.protocol.version``: ``"1.1"`` for ``"HTTP/1.1"``, ``_OTHER`` for a spelling we do not know."""
+    if not protocol:
+        return None
+    return NETWORK_PROTOCOL_VERSIONS.get(protocol, OTHER)
+
+
+def _scheme(environ: dict[str, Any]) -> str:
+    """``url.scheme``: ``http`` or ``https``; a proxy header can make ``wsgi.url_scheme`` anything."""
+    return _SCHEMES.get(environ.get("wsgi.url_scheme", "http"), OTHER)
 
 
 def _environ_key(header: str) -> str:
@@ -496,6 +511,7 @@ def create_otel_sink(
         tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__),
         meter,
         capture_user=settings.otel_capture_user,
+        duration_buckets=settings.buckets,
     )
 
 

@@ -60,7 +60,7 @@ class PrometheusMetrics:
         )
         self.duration = Histogram(
             f"{prefix}request_duration_seconds",
-            "Time from the first before_request hook to the end of the response body.",
+            "Time from the request reaching the app to the end of the response body.",
             LABELS,
             buckets=buckets,
             registry=registry,

@@ -39,7 +39,7 @@ class UsageRecord:
     timestamp: float
     """When the request started, seconds since the epoch (UTC)."""
     speed: float
-    """Seconds from the first ``before_request`` to the end of the response body (monotonic clock)."""
+    """Seconds from the environ reaching ``app.wsgi_app`` to the end of the response body (monotonic clock)."""
     method: str
     """The HTTP method, upper case, as sent (metric labels normalise unknown methods to ``_OTHER``)."""
     scheme: str

@@ -1,6 +1,6 @@
-"""The contract between the request hooks and what consumes a request: ``Sink``.
+"""The contract between the request lifecycle and what consumes a request: ``Sink``.
 
-A sink overrides only the steps it needs; the hooks call a step only on the
+A sink overrides only the steps it needs; the lifecycle calls a step only on the
 sinks that override it, so an unused step costs nothing per request.
 """
 
@@ -15,12 +15,16 @@ if TYPE_CHECKING:
 
 
 class RequestState:
-    """What the hooks know about one tracked request while it is in flight.
+    """What the tracking knows about one tracked request while it is in flight.
 
     Mutable and private to one request; sinks may keep their own per-request
     objects in the slots reserved for them (``span``, ``context_token``).
     Everything is a raw value so that building it costs next to nothing; the
     full ``record`` is derived from it only when a sink asks.
+
+    ``request`` is the request being served until the request finishes, then None.
+    ``error`` is the exception nothing handled (the view's, a hook's, or one that
+    escaped the app), until the request finishes.
     """
 
     __slots__ = (
@@ -31,8 +35,8 @@ class RequestState:
         "context_token",
         "endpoint",
         "environ_values",
+        "error",
         "exception",
-        "finished",
         "method",
         "method_label",
         "request",
@@ -44,7 +48,6 @@ class RequestState:
         "speed",
         "start",
         "status",
-        "streamed",
         "timestamp",
         "trace_id",
         "track_var",
@@ -77,8 +80,7 @@ class RequestState:
         self.username: str | None = None
         self.track_var: dict[str, Any] | None = None
         self.exception: str | None = None
-        self.streamed = False
-        self.finished = False
+        self.error: BaseException | None = None
         self.span: Any = None
         self.context_token: Any = None
         self.trace_id: str | None = None
@@ -115,10 +117,12 @@ class RequestState:
 class Sink:
     """Base class of everything that consumes tracked requests. Every step is optional.
 
-    Steps run on the request thread, except ``finish`` of a streamed response,
-    which runs wherever the WSGI server closes the body. A step must not block:
-    anything slow belongs behind a ``BatchWriter``. An exception from a step is
-    logged and counted by the hooks and never reaches the request.
+    Each step runs exactly once per tracked request, in this order: ``start``,
+    ``teardown``, ``finish``. ``start`` and ``teardown`` run on the request's thread
+    and context; ``finish`` runs where the WSGI server closes the response body
+    (the same thread for every server we know). A step must not block: anything
+    slow belongs behind a ``BatchWriter``. An exception from a step is logged and
+    counted and never reaches the request.
     """
 
     name = "sink"
@@ -126,13 +130,17 @@ class Sink:
     """Whether ``finish`` reads ``state.record`` (then the hooks also capture the user and track_var)."""
 
     def start(self, state: RequestState) -> None:
-        """The request was accepted for tracking (first ``before_request``)."""
+        """The request was matched to a URL rule and accepted for tracking, before any
+        ``before_request`` hook or URL value preprocessor of the app runs."""
 
-    def teardown(self, state: RequestState, exc: BaseException | None) -> None:
-        """The request context is being torn down (before a streamed body is sent)."""
+    def teardown(self, state: RequestState) -> None:
+        """Flask is done with the request: ``app.wsgi_app`` returned its body or raised,
+        every hook and teardown has run, the request context is gone. A streamed body
+        may still be unsent."""
 
     def finish(self, state: RequestState) -> None:
-        """The response body was sent (or the request failed); ``state.speed`` is final.
+        """The response body was closed (or the app raised); ``state.speed``,
+        ``state.status`` and ``state.response_size`` (bytes of body sent) are final.
 
         ``state.record`` builds the full ``UsageRecord`` on first use; a sink that
         needs only the labels and timings reads ``state`` and sets ``uses_record``

@@ -62,7 +62,7 @@ def test_record_fields() -> None:
     assert (record.ua.browser, record.ua.platform, record.ua.version) == ("firefox", "linux", "128.0")
     assert record.language == "fr-CH"
     assert record.authorization is True
-    assert record.username == "alice"
+    assert record.username is None, "an unverified Basic-auth name is kept only when asked for"
     assert record.server_name == "tracked"
     assert record.track_var == {"campaign": "autumn"}
     assert record.exception is None
@@ -101,10 +101,27 @@ def test_flask_login_user_is_recorded() -> None:
         flask_login.login_user(User("42"))
         return "in"
 
+    @app.route("/me")
+    def me() -> str:
+        return f"me {flask_login.current_user.get_id()}"
+
     client = app.test_client()
     client.get("/login")
+    client.get("/me")
     client.get("/")
-    assert [r.username for r in storage.records] == ["42", "42"]
+    # "/" never touched current_user: the user was never loaded, and tracking must not load it.
+    assert [r.username for r in storage.records] == ["42", "42", None]
+
+
+def test_basic_auth_user_only_when_asked_for() -> None:
+    basic = {"Authorization": "Basic " + base64.b64encode(b"bob:pw").decode()}
+    app, storage, _ = _tracked()
+    app.test_client().get("/", headers=basic)
+    app, asked, _ = _tracked({"TRACK_USAGE_CAPTURE_USER": "basic_auth"})
+    app.test_client().get("/", headers=basic)
+    app.test_client().get("/", headers={"Authorization": "Bearer bob"})
+    assert [r.username for r in storage.records] == [None]
+    assert [r.username for r in asked.records] == ["bob", None]
 
 
 def test_capture_user_off_and_callable() -> None:
@@ -176,9 +193,10 @@ def test_failing_after_request_hook_counts_once() -> None:
     def broken(response: Response) -> Response:
         raise RuntimeError("after_request bug")
 
-    assert app.test_client().get("/").status_code == 500
+    response = app.test_client().get("/")
     assert [(r.status, r.exception) for r in storage.records] == [(500, "RuntimeError")]
     assert requests.count() == 1
+    assert (response.status_code, response.data[:15]) == (500, b"<!doctype html>")
 
 
 @pytest.mark.parametrize(
@@ -246,10 +264,9 @@ def test_send_file_keeps_its_passthrough_body(tmp_path: Any) -> None:
         return send_file(target)
 
     response = app.test_client().get("/file")
-    assert [r.status for r in storage.records] == [200]
     assert response.get_data() == b"file body"
     response.close()
-    assert len(storage.records) == 1
+    assert [(r.status, r.response_size) for r in storage.records] == [(200, 9)]
 
 
 def test_a_failing_sink_never_fails_the_request(caplog: pytest.LogCaptureFixture) -> None:
@@ -268,20 +285,25 @@ def test_a_failing_sink_never_fails_the_request(caplog: pytest.LogCaptureFixture
     assert len(failures) <= 1, "a broken sink logs once per interval, not per request"
 
 
-@pytest.mark.parametrize("hook", ["_start", "_respond", "_tear_down"])
-def test_a_bug_in_a_hook_never_fails_the_request(hook: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_usage_otel.extension import _AppTracker
+@pytest.mark.parametrize(
+    ("method", "component"),
+    [("_admit", "url_value_preprocessor"), ("_capture_details", "finish"), ("_callable_user", "after_request")],
+)
+def test_a_bug_in_the_tracking_never_fails_the_request(
+    method: str, component: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_usage_otel.lifecycle import RequestTracker
 
     def broken(*args: Any) -> None:
         raise RuntimeError("tracking bug")
 
-    monkeypatch.setattr(_AppTracker, hook, broken)
+    monkeypatch.setattr(RequestTracker, method, broken)
     registry = CollectorRegistry()
-    app = build_app()
-    TrackUsage(app, registry=registry)
-    for path, status in [("/", 200), ("/items/3", 200), ("/nowhere", 404)]:
-        assert app.test_client().get(path).status_code == status
-    component = {"_start": "before_request", "_respond": "after_request", "_tear_down": "teardown_request"}[hook]
+    app = build_app({"TRACK_USAGE_CAPTURE_USER": lambda: "someone"})
+    TrackUsage(app, ListStorage(), registry=registry)
+    for path, status, body in [("/", 200, b"home"), ("/items/3", 200, b'{"id":3}\n'), ("/stream", 200, b"abc")]:
+        response = app.test_client().get(path)
+        assert (response.status_code, response.data) == (status, body)
     assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": component}) == 3
 
 

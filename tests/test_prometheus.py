@@ -52,8 +52,8 @@ def test_metric_names_and_labels() -> None:
         for s in families["flask_usage_request_duration_seconds"].samples
         if s.name.endswith("_bucket") and s.labels["route"] == "/shop/cart"
     ]
-    assert buckets[:3] == ["0.005", "0.01", "0.025"]
-    assert buckets[-2:] == ["10.0", "+Inf"]
+    assert buckets[:3] == ["0.0001", "0.00025", "0.0005"]
+    assert buckets[-2:] == ["30.0", "+Inf"]
     size = registry.get_sample_value(
         "flask_usage_response_size_bytes_sum",
         {"method": "GET", "route": "/shop/cart", "blueprint": "shop", "status": "200"},
@@ -203,3 +203,39 @@ def test_prometheus_can_be_turned_off() -> None:
     app.test_client().get("/")
     assert list(registry.collect()) == []
     assert app.test_client().get("/metrics").status_code == 404
+
+
+def _histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over cumulative (upper bound, count) pairs."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
+
+
+def test_default_buckets_resolve_a_sub_millisecond_route() -> None:
+    from flask_usage_otel.config import load_settings
+    from flask_usage_otel.prometheus import metrics_for
+
+    registry = CollectorRegistry()
+    metrics = metrics_for(registry, load_settings({}))
+    child = metrics.duration.labels("GET", "/fast", "", "200")
+    for i in range(100):
+        child.observe(0.00015 + i * 0.000001)  # a 0.15-0.25 ms route
+    buckets = [
+        (float(s.labels["le"]), s.value)
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "flask_usage_request_duration_seconds_bucket"
+    ]
+    p50, p99 = _histogram_quantile(0.5, buckets), _histogram_quantile(0.99, buckets)
+    # With the OTel default buckets (first bound 5 ms) these read 2.5 ms and 4.95 ms.
+    assert 0.0001 < p50 <= 0.00025
+    assert 0.0001 < p99 <= 0.00025
+    assert buckets[-2][0] >= 30.0, "and still tens of seconds at the top"

@@ -288,3 +288,30 @@ def test_span_names_are_cached_per_route_not_per_path(make_app, exporter):
     assert sink.name == "otel"
     assert len(sink._endpoints) == 1
     assert {s.name for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER} == {"GET /items/<int:item_id>"}
+
+
+def test_span_covers_everything_flask_does_with_the_request(make_app, exporter):
+    app, _ = make_app()
+
+    @app.url_value_preprocessor
+    def slow_preprocessor(endpoint, values):
+        time.sleep(0.05)  # runs before any before_request hook
+
+    @app.teardown_request
+    def slow_teardown(exc):
+        time.sleep(0.05)
+
+    before = time.time_ns()
+    app.test_client().get("/items/1")
+    after = time.time_ns()
+    span = only_server_span(exporter)
+    assert before <= span.start_time <= span.end_time <= after
+    assert span.end_time - span.start_time >= 100_000_000, "both the preprocessor and the teardown are inside"
+    (child,) = [s for s in exporter.get_finished_spans() if s.name == "load item"]
+    assert child.parent.span_id == span.context.span_id
+
+
+def test_odd_protocol_spelling_is_other_on_the_span(make_app, exporter):
+    app, _ = make_app()
+    app.test_client().get("/items/1", environ_overrides={"SERVER_PROTOCOL": "HTTP/1.7"})
+    assert only_server_span(exporter).attributes["network.protocol.version"] == "_OTHER"

@@ -1,0 +1,508 @@
+"""The request lifecycle: a wrapper around ``app.wsgi_app`` starts and finishes each request's tracking.
+
+The wrapper spans everything Flask does with a request, from the environ to the close of
+the response body: URL matching, URL value preprocessors, every hook and teardown, the
+streamed body. It keys the request's tracking to its own environ, so nothing another
+context or thread does (a ``copy_current_request_context`` thread, a raising teardown)
+can finish it early, twice, or never.
+
+The Flask hooks only annotate what the wrapper cannot see:
+
+* the first URL value preprocessor (Flask runs those before any ``before_request``
+  hook) sets ``g.track_var``, reads the matched rule and decides whether the request
+  is tracked; tracked requests start their sinks there, so the view's spans nest
+  under the server span;
+* ``got_request_exception`` names the exception nothing handled;
+* ``after_request`` reads the user, only when the app gave its own callable for it.
+
+A request is finished exactly once: when the server closes the body, or when an
+exception escapes the app. Its status is the one the client gets (what the app passed
+to ``start_response``, 500 when the app raised) and its size is the bytes of body that
+went through the wrapper, counted as they pass, never buffered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import g, got_request_exception, request
+from werkzeug.wrappers import Response as WerkzeugResponse
+from werkzeug.wsgi import ClosingIterator
+
+from .filters import RequestFilter, blueprint_of, path_is_excluded
+from .prometheus import method_label
+from .record import UNMATCHED_ROUTE, RecordContext
+from .sinks import RequestState, Sink, overrides
+
+if TYPE_CHECKING:
+    from flask import Flask, Request, Response
+
+    from .config import Settings
+    from .prometheus import PrometheusMetrics
+    from .storage.base import Storage
+
+logger = logging.getLogger("flask_usage_otel")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_ERROR_LOG_INTERVAL = 60.0
+_INTERNAL_ERROR = "500 INTERNAL SERVER ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class _EndpointInfo:
+    tracked: bool
+    blueprint: str | None
+
+
+class _Exchange:
+    """One request through the wrapper: its tracking state, what the app answered, its body.
+
+    It is also the body handed to the server, counting the bytes as they pass and
+    finishing the request when the server closes it. Most fields start as class
+    defaults, so making one per request costs four stores.
+    """
+
+    decided = False
+    """Whether admission ran (tracked or not)."""
+    state: RequestState | None = None
+    """The tracked request's state; None when it is not tracked."""
+    g: Any = None
+    status: str | None = None
+    headers: list[tuple[str, str]] | None = None
+    body: Iterable[bytes] | None = None
+    sent = 0
+    finished = False
+
+    def __init__(self, tracker: RequestTracker, start_response: Callable[..., Any]) -> None:
+        self.start = time.perf_counter()
+        self.timestamp = time.time()
+        self.tracker = tracker
+        self._start_response = start_response
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        # The last call wins: an app may start again with exc_info before any byte is sent.
+        self.status = status
+        self.headers = headers
+        return self._start_response(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.body:  # type: ignore[union-attr]
+                self.sent += len(chunk)
+                yield chunk
+        except Exception as exc:  # the body failed mid-way; the server aborts the response
+            self.tracker.body_failed(self, exc)
+            raise
+        # The last byte is handed over: finish now rather than at close(), so that a
+        # caller that reads the body and never closes it (a test client) sees the record.
+        self.tracker.finish(self)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.tracker.finish(self)
+
+    def __del__(self) -> None:
+        # Dropped unread and unclosed (a test response never read, a server that breaks
+        # PEP 3333): finish anyway, so the request is counted and leaves no gauge behind.
+        if not self.finished:
+            # At interpreter exit modules may be gone: never raise from __del__.
+            with contextlib.suppress(Exception):
+                self.tracker.finish(self)
+
+
+@dataclass
+class RequestTracker:
+    """One tracked app's lifecycle: the ``wsgi_app`` wrapper, the annotating hooks, finishing."""
+
+    settings: Settings
+    request_filter: RequestFilter
+    sinks: list[Sink]
+    storages: list[Storage]
+    metrics: PrometheusMetrics | None
+    record_context: RecordContext
+    endpoints: dict[str | None, _EndpointInfo] = field(default_factory=dict)
+    _last_error_log: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._starters = [s for s in self.sinks if overrides(s, "start")]
+        self._teardowners = [s for s in self.sinks if overrides(s, "teardown")]
+        self._finishers = [s for s in self.sinks if overrides(s, "finish")]
+        self._exclude_re = self.settings.exclude_paths_re
+        self._capture_user = self.settings.capture_user
+        # The user and g.track_var are read only when a sink will build the record.
+        self._wants_details = any(s.uses_record for s in self.sinks)
+        # One key per tracker: two tracked apps nested in one WSGI stack keep apart.
+        self.environ_key = f"flask_usage_otel.{id(self):x}"
+        self._inner: WsgiApp | None = None
+        self._view_functions: dict[str, Any] = {}
+        self._blueprints: dict[str, Any] = {}
+        self._request_class: type[Request] | None = None
+        self._user_callable = False
+        self._app_ref: Callable[[], Flask | None] = lambda: None
+
+    def install(self, app: Flask) -> None:
+        """Wrap ``app.wsgi_app`` and add the annotating hooks."""
+        self._view_functions = app.view_functions  # the app's own dict: later routes show up
+        self._blueprints = app.blueprints  # likewise: a blueprint registered later is seen
+        self._request_class = app.request_class
+        self._app_ref = weakref.ref(app)
+        self._wrap(app)
+        # First of the app's URL value preprocessors, which Flask runs before any before_request.
+        app.url_value_preprocessors.setdefault(None, []).insert(0, self.url_value_preprocessor)
+        self._user_callable = callable(self._capture_user) and self._wants_details
+        if self._user_callable:
+            # Flask runs after_request functions in reverse: ours runs last and sees the final user.
+            app.after_request_funcs.setdefault(None, []).insert(0, self.after_request)
+        got_request_exception.connect(self.on_exception, app)
+
+    def _wrap(self, app: Flask) -> None:
+        self._inner = app.wsgi_app
+        app.wsgi_app = self.wsgi_app  # type: ignore[method-assign]
+
+    def _rewrap_if_removed(self) -> None:
+        """Wrap again when something put Flask's own ``wsgi_app`` back over ours.
+
+        ``FlaskInstrumentor().uninstrument_app`` restores the ``wsgi_app`` it saw, dropping
+        every wrapper added after it: the request that finds out is served untracked,
+        the next ones are tracked again.
+        """
+        app = self._app_ref()
+        if app is not None and getattr(app.wsgi_app, "__func__", None) is type(app).wsgi_app:
+            self._wrap(app)
+
+    # -- the wrapper ------------------------------------------------------------------
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """``app.wsgi_app``, tracked: starts the request's tracking and finishes it once."""
+        exchange = _Exchange(self, start_response)
+        environ[self.environ_key] = exchange
+        try:
+            body = self._inner(environ, exchange.start_response)  # type: ignore[misc]
+        except BaseException as exc:
+            # The server answers 500 (or drops the connection); nothing else will finish it.
+            self._unwind(exchange, environ, exc)
+            environ.pop(self.environ_key, None)
+            raise
+        self._unwind(exchange, environ, None)
+        # No hook needs it any more; kept, it would tie environ and state in a cycle.
+        environ.pop(self.environ_key, None)
+        state = exchange.state
+        if state is None:
+            return body  # not tracked: the body goes out untouched
+        if _in_memory(body):
+            # Flask's usual response: the body is a few bytes already in memory, every hook
+            # and teardown has run, nothing is left to time. Finishing here keeps the body
+            # unwrapped (no per-chunk cost) and the record visible as soon as the app returns.
+            exchange.sent = 0 if state.method == "HEAD" else _content_length(exchange.headers)
+            self.finish(exchange)
+            return body
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and isinstance(body, file_wrapper):
+            return self._pass_file_through(exchange, body)
+        exchange.body = body
+        return exchange
+
+    def _unwind(self, exchange: _Exchange, environ: dict[str, Any], exc: BaseException | None) -> None:
+        """The app returned or raised: tear down every sink; finish now if it raised."""
+        try:
+            if not exchange.decided:
+                # No hook of ours ran (the request failed before Flask dispatched it).
+                self._admit(exchange, self._request_class(environ, populate_request=False, shallow=True))  # type: ignore[misc]
+            state = exchange.state
+            if state is None:
+                return
+            if exc is not None:
+                exchange.status = _INTERNAL_ERROR
+                _note_error(state, exc)
+            for sink in self._teardowners:
+                try:
+                    sink.teardown(state)
+                except Exception:
+                    self._sink_failed(sink)
+        except Exception:
+            self._hook_failed("wsgi_app")
+        if exc is not None:
+            self.finish(exchange)
+
+    def _pass_file_through(self, exchange: _Exchange, body: Any) -> Any:
+        """A server's ``wsgi.file_wrapper`` goes back as it is, so the server can still use sendfile().
+
+        The server sends the file without the bytes passing through Python: its size is
+        the ``Content-Length`` the app declared, and it finishes when the server closes it.
+        """
+        exchange.sent = _content_length(exchange.headers)
+        original = getattr(body, "close", None)
+
+        def close() -> None:
+            try:
+                if original is not None:
+                    original()
+            finally:
+                self.finish(exchange)
+
+        try:
+            body.close = close
+        except (AttributeError, TypeError):  # a wrapper with slots: finish now, as it is handed over
+            self.finish(exchange)
+        return body
+
+    # -- annotating hooks -------------------------------------------------------------
+
+    # Each hook guards its whole body: a bug in the tracking must cost the request its
+    # record, never its response. A try block costs nothing until something raises.
+
+    def url_value_preprocessor(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
+        try:
+            ctx_g = g._get_current_object()  # type: ignore[attr-defined]
+            # Flask-Track-Usage's views write g.track_var["key"] = value without creating it.
+            if "track_var" not in ctx_g.__dict__:
+                ctx_g.track_var = {}
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            exchange = req.environ.get(self.environ_key)
+            if exchange is None:
+                self._rewrap_if_removed()
+            elif not exchange.decided:
+                exchange.g = ctx_g
+                self._admit(exchange, req)
+        except Exception:
+            self._hook_failed("url_value_preprocessor")
+
+    def on_exception(self, sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
+        """``got_request_exception``: Flask is about to answer 500 for (or re-raise) an unhandled exception."""
+        try:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            exchange = req.environ.get(self.environ_key)
+            if exchange is None:
+                return
+            if not exchange.decided:  # it failed before our URL value preprocessor ran
+                exchange.g = g._get_current_object()  # type: ignore[attr-defined]
+                self._admit(exchange, req)
+            state = exchange.state
+            if state is None or exception is None:
+                return
+            _note_error(state, exception)
+            if self._user_callable:
+                state.username = self._callable_user()  # after_request may never run now
+        except Exception:
+            self._hook_failed("got_request_exception")
+
+    def after_request(self, response: Response) -> Response:
+        try:
+            exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
+            if exchange is not None and exchange.state is not None:
+                exchange.state.username = self._callable_user()
+        except Exception:
+            self._hook_failed("after_request")
+        return response
+
+    def _admit(self, exchange: _Exchange, req: Request) -> None:
+        """Decide once whether the request is tracked; start the sinks of a tracked one."""
+        exchange.decided = True
+        rule = req.url_rule
+        if rule is None:
+            endpoint, route = None, UNMATCHED_ROUTE
+        else:
+            endpoint, route = rule.endpoint, rule.rule
+        info = self.endpoints.get(endpoint)
+        if info is None:
+            info = self._decide(endpoint)
+        if not info.tracked or (self._exclude_re is not None and path_is_excluded(self._exclude_re, req.path)):
+            return
+        method = req.method
+        state = RequestState(
+            req,
+            exchange.start,
+            exchange.timestamp,
+            method,
+            method_label(method),
+            endpoint,
+            route,
+            info.blueprint,
+            self.record_context,
+        )
+        exchange.state = state
+        for sink in self._starters:
+            try:
+                sink.start(state)
+            except Exception:
+                self._sink_failed(sink)
+
+    # -- finishing --------------------------------------------------------------------
+
+    def body_failed(self, exchange: _Exchange, exc: BaseException) -> None:
+        """The body raised while being sent: the client got a cut response."""
+        state = exchange.state
+        if state is not None:
+            _note_error(state, exc)
+
+    def finish(self, exchange: _Exchange) -> None:
+        """Hand the finished request to every sink, exactly once per request."""
+        if exchange.finished:
+            return
+        exchange.finished = True
+        exchange.body = None
+        state = exchange.state
+        if state is None:
+            return
+        try:
+            state.speed = time.perf_counter() - state.start
+            state.status = _status_code(exchange.status)
+            state.response_size = exchange.sent
+            if self._wants_details:
+                self._capture_details(state, exchange.g)
+        except Exception:
+            self._hook_failed("finish")
+        exchange.g = None
+        for sink in self._finishers:
+            try:
+                sink.finish(state)
+            except Exception:
+                self._sink_failed(sink)
+        # A queued state must not keep the request (its environ, its input stream) or a
+        # traceback (its frames) alive.
+        state.request = None  # type: ignore[assignment]
+        state.error = None
+
+    def _capture_details(self, state: RequestState, ctx_g: Any) -> None:
+        """Copy what the record needs from the request, ``g.track_var`` and the user."""
+        if ctx_g is not None:
+            track_var = ctx_g.__dict__.get("track_var")
+            if track_var:
+                state.track_var = dict(track_var) if isinstance(track_var, dict) else {"value": track_var}
+        capture = self._capture_user
+        if capture == "id" or capture == "basic_auth":
+            state.username = _established_user(ctx_g)
+            if state.username is None and capture == "basic_auth":
+                state.username = _basic_auth_user(state.request.environ)
+        state.capture()
+
+    def _callable_user(self) -> str | None:
+        try:
+            user = self._capture_user()  # type: ignore[operator]
+            return None if user is None else str(user)
+        except Exception:
+            logger.debug("TRACK_USAGE_CAPTURE_USER callable failed", exc_info=True)
+            return None
+
+    # -- failures ---------------------------------------------------------------------
+
+    def _sink_failed(self, sink: Sink) -> None:
+        self._failed(sink.name, f"flask-usage-otel sink {sink.name!r} failed; the request was not affected")
+
+    def _hook_failed(self, hook: str) -> None:
+        self._failed(hook, f"flask-usage-otel {hook} hook failed; the request was served, its record is lost")
+
+    def _failed(self, where: str, message: str) -> None:
+        """Count a failure and log its traceback, at most once per interval per place."""
+        try:
+            if self.metrics is not None:
+                self.metrics.tracking_errors.labels(where).inc()
+            now = time.monotonic()
+            # A broken sink fails on every request: one traceback per interval is enough.
+            if now - self._last_error_log.get(where, -_ERROR_LOG_INTERVAL) >= _ERROR_LOG_INTERVAL:
+                self._last_error_log[where] = now
+                logger.exception(message)
+        except Exception:  # logging itself failed (a broken handler): nothing more to do
+            pass
+
+    def _decide(self, endpoint: str | None) -> _EndpointInfo:
+        view = self._view_functions.get(endpoint) if endpoint is not None else None
+        tracked = self.request_filter.decide(endpoint, view, self.settings.include_or_exclude_views, self._blueprints)
+        info = _EndpointInfo(tracked, blueprint_of(endpoint))
+        self.endpoints[endpoint] = info
+        return info
+
+
+def _note_error(state: RequestState, exc: BaseException) -> None:
+    """Keep the first unhandled exception of a request (a later one is usually its consequence)."""
+    if state.error is None and state.exception is None:
+        state.error = exc
+        state.exception = type(exc).__name__
+
+
+def _status_code(status: str | None) -> int:
+    """The code of a WSGI status line; 500 when the app never started a response."""
+    if status is None:
+        return 500
+    try:
+        return int(status[:3])
+    except ValueError:
+        return 500
+
+
+def _in_memory(body: Any) -> bool:
+    """Whether a WSGI body Flask returned is a sequence already in memory, not a stream or a file.
+
+    Flask returns ``ClosingIterator(response.iter_encoded(), response.close)``: the response
+    is the owner of that ``close``. An error page Flask made from an ``HTTPException`` (404,
+    405, ``abort(403)``, the 500 page) is a response whose body is, in turn, a
+    ``ClosingIterator`` over the page's own response: in memory too when that one is a
+    sequence. ``abort(Response(stream))`` is not, and is timed and counted as it streams.
+    """
+    for _ in range(6):  # each wrapping adds a level or two; never loop forever
+        if type(body) is not ClosingIterator:
+            return False
+        inner: Any = None
+        for callback in body._callbacks:  # the wrapped iterable's close() and the response's
+            owner = getattr(callback, "__self__", None)
+            if isinstance(owner, WerkzeugResponse):
+                if owner.direct_passthrough:
+                    return False
+                if owner.is_sequence:
+                    return True
+                inner = owner.response
+            elif type(owner) is ClosingIterator:
+                inner = owner
+        body = inner
+    return False
+
+
+def _content_length(headers: list[tuple[str, str]] | None) -> int:
+    # Werkzeug adds Content-Length last, spelled so: look there first.
+    for name, value in reversed(headers or ()):
+        if name == "Content-Length" or (len(name) == 14 and name.lower() == "content-length"):
+            return int(value) if value.isascii() and value.isdigit() else 0
+    return 0
+
+
+def _established_user(ctx_g: Any) -> str | None:
+    """The id of the user Flask-Login has already loaded for this request, else None.
+
+    Reads ``g._login_user`` only: asking ``current_user`` would run the app's user or
+    request loader (often a database query) on views that never needed the user.
+    """
+    if ctx_g is None:
+        return None
+    user = ctx_g.__dict__.get("_login_user")
+    if user is None:
+        return None
+    try:
+        if not user.is_authenticated:
+            return None
+        user_id = user.get_id()
+    except Exception:  # the app's user model failed: no user, the request is not affected
+        logger.debug("could not read the Flask-Login user", exc_info=True)
+        return None
+    return None if user_id is None else str(user_id)
+
+
+def _basic_auth_user(environ: dict[str, Any]) -> str | None:
+    """The user name of a Basic ``Authorization`` header, as sent: nothing verified it."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if not header or header[:6].lower() != "basic ":
+        return None
+    from werkzeug.datastructures import Authorization
+
+    auth = Authorization.from_header(header)
+    return auth.username if auth is not None else None

@@ -1,0 +1,59 @@
+"""Under real gunicorn, a blueprint teardown that raises costs those requests a 500 and nothing else:
+each is counted once, the in-progress gauge returns to 0, every request has one row and one ended
+span, and the worker's later requests are traced normally (no leaked span context)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+import sqlalchemy
+
+from tests.integration.gunicorn_harness import request_counts, run_gunicorn, scrape
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.integration.lifecycle_app:create_app()"
+
+
+def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
+    multiproc = tmp_path / "metrics"
+    multiproc.mkdir()
+    db = tmp_path / "usage.db"
+    with run_gunicorn(
+        tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env={"USAGE_DB_URL": f"sqlite:///{db}"}
+    ) as server:
+        with requests.Session() as session:
+            statuses = [session.get(server.base_url + "/", timeout=10).status_code for _ in range(3)]
+            statuses += [session.get(server.base_url + "/fragile/page", timeout=10).status_code for _ in range(5)]
+            statuses += [session.get(server.base_url + "/items/7", timeout=10).status_code for _ in range(20)]
+            assert statuses == [200] * 3 + [500] * 5 + [200] * 20
+
+            spans = session.get(server.base_url + "/spans", timeout=10).json()
+            assert spans == {"ended": 28, "with_parent": 0, "statuses": {"200": 23, "500": 5}}
+
+            _, samples = scrape(server.base_url, session)
+        counts = {k: v for k, v in request_counts(samples).items() if v}
+        assert counts == {
+            ("GET", "/", "200"): 3,
+            ("GET", "/fragile/page", "500"): 5,
+            ("GET", "/items/<int:item_id>", "200"): 20,
+        }
+        in_progress = [v for (name, _), v in samples.items() if name == "flask_usage_requests_in_progress"]
+        assert in_progress
+        assert sum(in_progress) == 0
+        assert server.stop() == 0  # graceful: the worker flushes its queued rows
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT route, status, exception FROM flask_usage").all()
+    finally:
+        engine.dispose()
+    assert Counter(map(tuple, rows)) == {
+        ("/", 200, None): 3,
+        ("/fragile/page", 500, "RuntimeError"): 5,
+        ("/items/<int:item_id>", 200, None): 20,
+    }
