@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, g
+from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage
@@ -106,12 +106,8 @@ def run_ftu(ftu: Path, action: str, db: Database, table: str) -> list[Any]:
 def our_app(storage: Any, **config: Any) -> Flask:
     """The scenario app tracked by flask-usage-otel, rows written before each response returns."""
     app = scenario.build_app()
-    app.config.update(TRACK_USAGE_SYNC_WRITES=True, TRACK_USAGE_OTEL=False, **config)
-
-    # Flask-Track-Usage created g.track_var in every request; views of the scenario rely on it.
-    @app.before_request
-    def track_var() -> None:
-        g.setdefault("track_var", {})
-
+    # Flask-Track-Usage stored the Basic-auth user name unverified; here that must be asked for.
+    app.config.update(TRACK_USAGE_SYNC_WRITES=True, TRACK_USAGE_OTEL=False, TRACK_USAGE_CAPTURE_USER="basic_auth")
+    app.config.update(config)
     TrackUsage(app, storage, registry=CollectorRegistry())
     return app
