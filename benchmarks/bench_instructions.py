@@ -22,6 +22,7 @@ different number of bytes. The table gives the median and the spread over layout
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -157,6 +158,8 @@ def measure_in_process(
         drain = setup.drain or (lambda: None)
         drain()
         before = setup.work() if setup.work else {}
+        # The same collector state at every start, whatever the warm-up and the checks left behind.
+        gc.collect()
         switch.start()
         drive(wsgi, environs, requests)
         switch.dump(REQUESTS_LABEL)
