@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import re
 import shutil
 import sys
 import tempfile
@@ -63,7 +64,9 @@ def profile(key: str, requests: int, warmup: int) -> tuple[pstats.Stats, dict[st
         others = {}
         for name, background in list(_profilers.items()):
             background.disable()  # only stops collecting here; the thread goes on unprofiled
-            others[name] = pstats.Stats(background)
+            background.create_stats()
+            if background.stats:  # type: ignore[attr-defined]  (a thread idle in the window has none)
+                others[name] = pstats.Stats(background)
         return pstats.Stats(main), others, {k: after[k] - before.get(k, 0) for k in after}
     finally:
         threading.setprofile(None)  # type: ignore[arg-type]
@@ -71,13 +74,19 @@ def profile(key: str, requests: int, warmup: int) -> tuple[pstats.Stats, dict[st
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def top_functions(stats: pstats.Stats, per: int, top: int) -> str:
-    """The ``top`` functions by calls (exact, unlike the times), calls and times divided by ``per``."""
+def top_functions(stats: pstats.Stats, per: int, top: int, match: str | None = None, by: str = "calls") -> str:
+    """The ``top`` functions by ``calls`` (exact, unlike the times) or ``cum`` time, divided by ``per``.
+
+    ``match``: a regular expression the function's file must match (e.g. ``flask_usage_otel``).
+    """
+    pattern = re.compile(match) if match else None
     rows = []
     for (filename, line, name), (_cc, calls, own, cumulative, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if pattern is not None and not pattern.search(filename):
+            continue
         where = f"{Path(filename).parent.name}/{Path(filename).name}:{line}" if line else filename
         rows.append((calls, own, cumulative, f"{name} ({where})"))
-    rows.sort(reverse=True)
+    rows.sort(key=lambda row: row[2] if by == "cum" else row[0], reverse=True)
     out = io.StringIO()
     out.write(f"{'calls':>9} {'own µs':>9} {'cum µs':>9}  function\n")
     for calls, own, cumulative, label in rows[:top]:
@@ -91,17 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--match", help="only functions whose file matches this regular expression")
+    parser.add_argument("--sort", choices=("calls", "cum"), default="calls", help="by calls or cumulative time")
     args = parser.parse_args(argv)
     main_stats, others, work = profile(args.variant, args.requests, args.warmup)
     print(f"{args.variant}: work in the window {work}")
     print(f"\nrequest thread, per request ({args.requests} requests)")
-    print(top_functions(main_stats, args.requests, args.top))
+    print(top_functions(main_stats, args.requests, args.top, args.match, args.sort))
     rows = work.get("rows") or args.requests
     for name, stats in others.items():
         total_calls = sum(v[1] for v in stats.stats.values())  # type: ignore[attr-defined]
         if total_calls:
             print(f"\nthread {name}, per {'row' if work.get('rows') else 'request'} ({rows})")
-            print(top_functions(stats, rows, args.top))
+            print(top_functions(stats, rows, args.top, args.match, args.sort))
     return 0
 
 
