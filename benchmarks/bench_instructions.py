@@ -51,7 +51,7 @@ from flask import Flask
 from report import BENCH_DIR, RESULTS_DIR, format_table, machine_info, print_targets, write_json
 
 FULL = {"requests": 500, "warmup": 300, "layouts": (0, 1500, 4000)}
-QUICK = {"requests": 200, "warmup": 100, "layouts": (0, 1500)}
+QUICK = {"requests": 100, "warmup": 50, "layouts": (0, 1500)}
 CHILD_TIMEOUT = 900.0
 
 REQUESTS_LABEL = "requests"
