@@ -339,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s runs, one pair")
     parser.add_argument("--duration", type=float, help="seconds of load per run (default 10, quick 2)")
     parser.add_argument("--rounds", type=int, help="bare/ours pairs (default 3, quick 1)")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32, help="open connections (issue 16 measured 32)")
     parser.add_argument("--db-url", help="SQLAlchemy URL for ours' rows (default: SQLite in a temporary folder)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     parser.add_argument("--output", default=RESULTS_DIR / "http.json")
