@@ -41,6 +41,7 @@ integration: $(STAMP) services
 # `make bench BENCH_ARGS=--quick` for a short run.
 bench: $(STAMP) services
 	$(BIN)/pip install --quiet -r benchmarks/requirements.txt
+	bash benchmarks/ensure_tools.sh
 	@command -v wrk >/dev/null || echo "wrk not found: HTTP load comes from the Python generator (apt-get install wrk)"
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 

@@ -1,8 +1,8 @@
 """The benchmarked app and every way of tracking it, each built on a fresh app and fresh registries.
 
 A variant's ``setup(app, workdir)`` instruments the app and returns a ``Setup`` (how to drain
-background work and how to clean up), or raises ``Unavailable`` with the reason it cannot run
-here (a package not installed, a part of flask-usage-otel not built yet).
+background work, how to count the work done and how to clean up), or raises ``Unavailable`` with
+the reason it cannot run here (a package not installed, a part of flask-usage-otel not built yet).
 """
 
 from __future__ import annotations
@@ -52,10 +52,16 @@ def build_app(name: str = "bench") -> Flask:
 
 @dataclass
 class Setup:
-    """What a variant leaves behind: work to drain after a timed batch, and the clean-up."""
+    """What a variant leaves behind: work to drain after a timed batch, its work counts, and the clean-up.
+
+    ``work`` returns what the variant has recorded so far (``requests`` counted by its metrics,
+    ``rows`` in its table, ``spans`` exported), read outside any measured window: a benchmark
+    compares two readings to prove the variant did its job on every request it was sent.
+    """
 
     drain: Callable[[], Any] | None = None
     cleanups: list[Callable[[], Any]] = field(default_factory=list)
+    work: Callable[[], dict[str, int]] | None = None
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):
@@ -79,14 +85,20 @@ def setup_bare(app: Flask, workdir: Path) -> Setup:
     return Setup()
 
 
+def counted(registry: Any, sample: str) -> int:
+    """The sum of every sample named ``sample`` in a prometheus_client registry (all label sets)."""
+    return int(sum(s.value for metric in registry.collect() for s in metric.samples if s.name == sample))
+
+
 def setup_prometheus_flask_exporter(app: Flask, workdir: Path) -> Setup:
     try:
         from prometheus_client import CollectorRegistry
         from prometheus_flask_exporter import PrometheusMetrics
     except ImportError as exc:
         raise Unavailable(f"prometheus-flask-exporter is not installed ({REQUIREMENTS_HINT}): {exc}") from exc
-    PrometheusMetrics(app, registry=CollectorRegistry())
-    return Setup()
+    registry = CollectorRegistry()
+    PrometheusMetrics(app, registry=registry)
+    return Setup(work=lambda: {"requests": counted(registry, "flask_http_request_total")})
 
 
 def setup_handwritten(app: Flask, workdir: Path) -> Setup:
@@ -109,11 +121,14 @@ def setup_handwritten(app: Flask, workdir: Path) -> Setup:
         latency.labels(request.method, route).observe(time.perf_counter() - g.request_start)
         return response
 
-    return Setup()
+    return Setup(work=lambda: {"requests": counted(registry, "http_requests_total")})
 
 
-def _tracer_provider() -> Any:
-    """An SDK tracer provider with a batch processor and an exporter that drops everything."""
+def _tracer_provider(exported: list[int] | None = None) -> Any:
+    """An SDK tracer provider with a batch processor and an exporter that drops everything.
+
+    ``exported``, when given, is a one-item list the exporter adds each batch's span count to.
+    """
     try:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -124,6 +139,8 @@ def _tracer_provider() -> Any:
         """Accepts every batch and sends it nowhere: the cost measured is the SDK's, not a network's."""
 
         def export(self, spans: Any) -> SpanExportResult:
+            if exported is not None:
+                exported[0] += len(spans)  # one add per batch: proof of work, not a cost worth measuring
             return SpanExportResult.SUCCESS
 
     provider = TracerProvider()
@@ -138,12 +155,14 @@ def setup_otel_instrumentation(app: Flask, workdir: Path) -> Setup:
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     except ImportError as exc:
         raise Unavailable(f"opentelemetry-instrumentation-flask or the SDK is not installed: {exc}") from exc
-    tracer_provider = _tracer_provider()
+    exported = [0]
+    tracer_provider = _tracer_provider(exported)
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     FlaskInstrumentor.instrument_app(app, tracer_provider=tracer_provider, meter_provider=meter_provider)
     return Setup(
         drain=tracer_provider.force_flush,
         cleanups=[tracer_provider.shutdown, meter_provider.shutdown, lambda: FlaskInstrumentor.uninstrument_app(app)],
+        work=lambda: {"spans": exported[0]},
     )
 
 
@@ -185,32 +204,47 @@ def setup_flask_track_usage(app: Flask, workdir: Path) -> Setup:
     from sqlalchemy import create_engine
 
     engine = create_engine(f"sqlite:///{workdir / 'flask_track_usage.db'}")
-    flask_track_usage.TrackUsage(app, [TrackUsageSQLStorage(engine=engine)])
-    return Setup(cleanups=[engine.dispose])
+    storage = TrackUsageSQLStorage(engine=engine)
+    flask_track_usage.TrackUsage(app, [storage])
+    return Setup(cleanups=[engine.dispose], work=lambda: {"rows": count_rows(engine, storage.track_table)})
+
+
+def count_rows(engine: Any, table: Any) -> int:
+    """Rows in a SQLAlchemy table, read on a connection of its own."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
 # --- ours -------------------------------------------------------------------------------
 
 
-def _track_usage(app: Flask, **kwargs: Any) -> Any:
+# Our Prometheus counter of tracked requests (default prefix).
+OUR_REQUESTS_SAMPLE = "flask_usage_requests_total"
+
+
+def _track_usage(app: Flask, **kwargs: Any) -> tuple[Any, Any]:
+    """Ours on ``app`` with a registry of its own: (the TrackUsage, the registry)."""
     from prometheus_client import CollectorRegistry
 
     from flask_usage_otel import TrackUsage
 
-    return TrackUsage(app, registry=CollectorRegistry(), **kwargs)
+    registry = CollectorRegistry()
+    return TrackUsage(app, registry=registry, **kwargs), registry
 
 
 def setup_ours_prometheus(app: Flask, workdir: Path) -> Setup:
-    _track_usage(app)
-    return Setup()
+    _tracker, registry = _track_usage(app)
+    return Setup(work=lambda: {"requests": counted(registry, OUR_REQUESTS_SAMPLE)})
 
 
-def our_sql_storage(url: str) -> Any:
+def our_sql_storage(url: str, table_name: str = "flask_usage") -> Any:
     try:
         from flask_usage_otel import SQLStorage
     except ImportError as exc:
         raise Unavailable(f"flask_usage_otel.SQLStorage is not available yet: {exc}") from exc
-    return SQLStorage(conn_str=url)
+    return SQLStorage(conn_str=url, table_name=table_name)
 
 
 def require_our_otel() -> None:
@@ -232,25 +266,68 @@ WRITER_AT_DRAIN = {
 
 def setup_ours_sql(app: Flask, workdir: Path) -> Setup:
     app.config.update(WRITER_AT_DRAIN)
-    storage = our_sql_storage(f"sqlite:///{workdir / 'ours.db'}")
+    return ours_sql_setup(app, f"sqlite:///{workdir / 'ours.db'}")
+
+
+def ours_sql_setup(app: Flask, url: str, table_name: str = "flask_usage", drop_table: bool = False) -> Setup:
+    """Ours with Prometheus and SQL rows at ``url``, the writer as the app's config sets it.
+
+    ``work`` also reports ``commits``, the transactions the writer made: rows per commit is the
+    batch size it reached. ``drop_table`` drops the table at clean-up (a shared database).
+    """
+    import sqlalchemy as sa
+
+    storage = our_sql_storage(url, table_name)
+    commits = [0]
+
+    def count_commit(conn: Any) -> None:
+        commits[0] += 1
+
+    sa.event.listen(storage.engine, "commit", count_commit)
     # One app per TrackUsage object, so flush() needs no app context.
-    tracker = _track_usage(app, storage=storage)
-    return Setup(drain=tracker.flush, cleanups=[tracker.flush])
+    tracker, registry = _track_usage(app, storage=storage)
+    cleanups: list[Callable[[], Any]] = [storage.engine.dispose]
+    if drop_table:
+        cleanups.append(lambda: storage.table.drop(storage.engine, checkfirst=True))
+    cleanups.append(tracker.flush)  # clean-ups run last first: flush, drop, dispose
+    return Setup(
+        drain=tracker.flush,
+        cleanups=cleanups,
+        work=lambda: {
+            "requests": counted(registry, OUR_REQUESTS_SAMPLE),
+            "rows": count_rows(storage.engine, storage.table),
+            "commits": commits[0],
+        },
+    )
 
 
 def setup_ours_everything(app: Flask, workdir: Path) -> Setup:
+    app.config.update(WRITER_AT_DRAIN)
+    return ours_everything_setup(app, workdir)
+
+
+def ours_everything_setup(app: Flask, workdir: Path) -> Setup:
+    """Ours with Prometheus, SQL rows (SQLite) and spans, the writer as the app's config sets it."""
     require_our_otel()
     storage = our_sql_storage(f"sqlite:///{workdir / 'ours_all.db'}")
-    tracer_provider = _tracer_provider()
-    app.config.update(WRITER_AT_DRAIN)
+    exported = [0]
+    tracer_provider = _tracer_provider(exported)
     app.config["TRACK_USAGE_OTEL"] = True
-    tracker = _track_usage(app, storage=storage, tracer_provider=tracer_provider)
+    tracker, registry = _track_usage(app, storage=storage, tracer_provider=tracer_provider)
 
     def drain() -> None:
         tracker.flush()
         tracer_provider.force_flush()
 
-    return Setup(drain=drain, cleanups=[tracer_provider.shutdown, tracker.flush])
+    return Setup(
+        drain=drain,
+        cleanups=[tracer_provider.shutdown, tracker.flush],
+        work=lambda: {
+            "requests": counted(registry, OUR_REQUESTS_SAMPLE),
+            "rows": count_rows(storage.engine, storage.table),
+            "spans": exported[0],
+        },
+    )
 
 
 def setup_ours_logs(app: Flask, workdir: Path) -> Setup:

@@ -40,7 +40,9 @@ VARIANTS = {
 }
 WORKERS = 2
 STARTUP_TIMEOUT = 30.0
-THROUGHPUT_TARGET = 0.9
+# Share of bare Flask's requests/s each variant must keep (issue 16). Time-based, so noisy:
+# one run to the next on a shared 2-core machine moves these ratios by up to ~25%.
+THROUGHPUT_TARGETS = {"ours_prometheus": 0.95, "ours_everything": 0.75}
 
 # wrk cycles through the three routes, one per request.
 WRK_SCRIPT = """
@@ -287,7 +289,6 @@ def run_benchmark(
         }
         for key, runs in samples.items()
     }
-    ratio = summary["ours_everything"]["requests_per_s"] / summary["bare"]["requests_per_s"]
     parts = sorted({note for s in samples["ours_everything"] for note in s["server_notes"]})
     return {
         "benchmark": "http",
@@ -303,22 +304,29 @@ def run_benchmark(
         },
         "variants": summary,
         "targets": [
-            {
-                "name": "http_throughput",
-                "description": f"ours (everything on) requests/s / bare requests/s >= {THROUGHPUT_TARGET}",
-                "value": ratio,
-                "limit": THROUGHPUT_TARGET,
-                "passed": ratio >= THROUGHPUT_TARGET,
-                "note": "; ".join(parts),
-            }
+            throughput_target(key, limit, summary, "; ".join(parts) if key == "ours_everything" else "")
+            for key, limit in THROUGHPUT_TARGETS.items()
         ],
+    }
+
+
+def throughput_target(key: str, limit: float, summary: dict[str, Any], note: str) -> dict[str, Any]:
+    """``key``'s requests/s as a share of bare's, judged against ``limit`` (time-based: noisy)."""
+    ratio = summary[key]["requests_per_s"] / summary["bare"]["requests_per_s"]
+    return {
+        "name": f"http_throughput_{key.removeprefix('ours_')}",
+        "description": f"noisy (time): {VARIANTS[key]} requests/s / bare requests/s >= {limit}",
+        "value": ratio,
+        "limit": limit,
+        "passed": ratio >= limit,
+        "note": note,
     }
 
 
 def print_results(data: dict[str, Any]) -> None:
     settings = data["settings"]
     print(
-        f"\nHTTP, gunicorn {settings['gunicorn_workers']} workers, {settings['load_generator']}"
+        f"\nHTTP (time-based, noisy), gunicorn {settings['gunicorn_workers']} workers, {settings['load_generator']}"
         f" {settings['connections']} connections x {settings['duration_s']:g} s, median of {settings['rounds']} runs"
     )
     rows = [[v["label"], v["requests_per_s"], v["p50_ms"], v["p99_ms"], v["errors"]] for v in data["variants"].values()]
@@ -331,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 s runs, one pair")
     parser.add_argument("--duration", type=float, help="seconds of load per run (default 10, quick 2)")
     parser.add_argument("--rounds", type=int, help="bare/ours pairs (default 3, quick 1)")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32, help="open connections (issue 16 measured 32)")
     parser.add_argument("--db-url", help="SQLAlchemy URL for ours' rows (default: SQLite in a temporary folder)")
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
     parser.add_argument("--output", default=RESULTS_DIR / "http.json")

@@ -31,6 +31,7 @@ class Benchmark:
 
 
 BENCHMARKS = (
+    Benchmark("instructions", "bench_instructions.py", "instructions.json"),
     Benchmark("requests", "bench_requests.py", "requests.json"),
     Benchmark("http", "bench_http.py", "http.json"),
     Benchmark("metrics_render", "bench_metrics_render.py", "metrics_render.json"),
