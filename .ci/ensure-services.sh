@@ -26,6 +26,9 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 # The Debian package starts a system Prometheus on :9090 where systemd runs; tests use their own ports.
 
+# valgrind (with its headers) and a C compiler: the instruction-count smoke test needs them.
+bash "$(dirname "$0")/../benchmarks/ensure_tools.sh" || fail "could not install the benchmark tools"
+
 if ! port_open 5432; then
   echo "ensure-services: starting PostgreSQL"
   if [ -d /etc/postgresql ]; then
