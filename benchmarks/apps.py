@@ -361,7 +361,7 @@ def setup_ours_logs(app: Flask, workdir: Path) -> Setup:
     )
     app.config.update(WRITER_AT_DRAIN)
     app.config["TRACK_USAGE_OTEL_LOGS"] = True
-    tracker = _track_usage(app, logger_provider=provider)
+    tracker, _registry = _track_usage(app, logger_provider=provider)
 
     def drain() -> None:
         tracker.flush()

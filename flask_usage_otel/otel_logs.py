@@ -34,6 +34,8 @@ import weakref
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.urls import iri_to_uri
+
 from .config import ConfigError
 from .prometheus import STANDARD_METHODS
 from .record import UsageRecord, first_language
@@ -78,7 +80,8 @@ def log_attributes(record: UsageRecord) -> dict[str, Any]:
         "http.request.method": method if method in STANDARD_METHODS else "_OTHER",
         "url.scheme": record.scheme,
         "url.path": record.script_root + record.path,
-        "url.full": record.url,
+        # OTel wants an RFC 3986 URI; record.url is request.url, an IRI (FTU stored that).
+        "url.full": iri_to_uri(record.url),
         "http.response.status_code": record.status,
         "flask_usage.route": record.route,
         "flask_usage.speed": record.speed,
