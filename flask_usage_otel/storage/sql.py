@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,15 +26,21 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
+from . import sql_errors
 from .base import SUMMARY_BY, SUMMARY_PERIODS
+from .deadline import WriteTimeout, watchdog
+from .engine import make_engine, register_engine
+from .sql_batches import AlreadyWritten, BatchLog, batch_table
 from .sql_rows import JSON_COLUMNS, Inserter, clean_text
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from ..record import UsageRecord
+
+logger = logging.getLogger("flask_usage_otel.storage")
 
 COLUMN_WIDTHS: dict[str, int] = {
     "url": 4096,
@@ -125,9 +132,6 @@ SUMMARY_COLUMNS: dict[str, str] = {
 """The column each ``get_summary(by=...)`` choice groups by."""
 assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
-_MYSQL_ROW_REFUSALS = frozenset({3819, 4025})
-"""MySQL's and MariaDB's "CHECK constraint failed": a refused row, though PyMySQL raises it as OperationalError."""
-
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 
 
@@ -200,6 +204,8 @@ class _TableState:
 
     columns: tuple[str, ...]
     widths: dict[str, int]
+    batch_ids: bool = True
+    """Whether the ``<table>_batches`` table exists (idempotent retries); see ``sql_batches``."""
 
     @property
     def is_legacy(self) -> bool:
@@ -226,6 +232,11 @@ class SQLStorage:
     :param schema: the database schema of the table (PostgreSQL), default the connection's.
     :param create_tables: create the table and its indexes on first use when missing.
     :param engine_options: extra ``create_engine`` keyword arguments (with ``conn_str`` only).
+    :param connect_timeout: seconds to open a connection (engines made from ``conn_str``); None: the driver's default.
+    :param statement_timeout: seconds one statement may take (engines made from ``conn_str``): PostgreSQL's
+        ``statement_timeout``, PyMySQL's read and write timeouts, SQLite's busy timeout; None: no limit.
+    :param write_timeout: seconds one attempt to write a batch may take, whatever the engine; past it the
+        connection is cut, and the attempt is counted as a timeout and retried. None: no limit.
     """
 
     def __init__(
@@ -239,6 +250,9 @@ class SQLStorage:
         schema: str | None = None,
         create_tables: bool = True,
         engine_options: Mapping[str, Any] | None = None,
+        connect_timeout: float | None = 10.0,
+        statement_timeout: float | None = 15.0,
+        write_timeout: float | None = 30.0,
     ) -> None:
         given = [name for name, value in (("conn_str", conn_str), ("engine", engine), ("db", db)) if value is not None]
         if len(given) != 1:
@@ -250,9 +264,26 @@ class SQLStorage:
             raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
         if engine_options and conn_str is None:
             raise ValueError("engine_options only apply with conn_str")
+        for name, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("statement_timeout", statement_timeout),
+            ("write_timeout", write_timeout),
+        ):
+            bad = isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+            if seconds is not None and bad:
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
+        self.write_timeout = write_timeout
         self._engine: sa.Engine | None = engine
+        if engine is not None:
+            _refuse_private_memory_database(engine)
+            register_engine(engine)
         if conn_str is not None:
-            self._engine = _make_engine(conn_str, dict(engine_options or {}))
+            self._engine = make_engine(
+                conn_str,
+                dict(engine_options or {}),
+                connect_timeout=connect_timeout,
+                statement_timeout=statement_timeout,
+            )
         self._db = db
         self._app: Flask | None = None
         if metadata is None and db is not None:
@@ -263,6 +294,8 @@ class SQLStorage:
             self.table = metadata.tables[f"{schema}.{table_name}"]
         else:
             self.table = usage_table(table_name, metadata, schema)
+        self.batches = batch_table(self.table.name, self.table.metadata, self.table.schema)
+        self._batch_log = BatchLog(self.batches)
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()
@@ -291,6 +324,8 @@ class SQLStorage:
             elif self._app is not None:
                 with self._app.app_context():
                     self._engine = self._db.engine
+            if self._engine is not None:
+                register_engine(self._engine)
             else:
                 raise RuntimeError(
                     "SQLStorage(db=...) finds its engine in the app context: call this inside "
@@ -306,12 +341,13 @@ class SQLStorage:
             self._state = None
 
     def _create(self, engine: sa.Engine) -> None:
-        try:
-            self.table.create(engine, checkfirst=True)
-        except sa_exc.SQLAlchemyError:
-            # Another process may have created it between the check and the CREATE.
-            if not sa.inspect(engine).has_table(self.table.name, schema=self.table.schema):
-                raise
+        for table in (self.table, self.batches):
+            try:
+                table.create(engine, checkfirst=True)
+            except sa_exc.SQLAlchemyError:
+                # Another process may have created it between the check and the CREATE.
+                if not sa.inspect(engine).has_table(table.name, schema=table.schema):
+                    raise
 
     def _table_state(self) -> _TableState:
         state = self._state
@@ -329,8 +365,23 @@ class SQLStorage:
                         )
                     self._create(engine)
                     inspector = sa.inspect(engine)
-                self._state = _reflect(inspector, self.table)
+                batch_ids = inspector.has_table(self.batches.name, schema=self.batches.schema)
+                if not batch_ids and self.create_tables:
+                    self._create(engine)
+                    batch_ids = True
+                elif not batch_ids:
+                    logger.warning(
+                        "table %r is missing: retried batches may be written twice; create it with "
+                        "`flask usage create-tables` or `flask usage upgrade-table`",
+                        self.batches.name,
+                    )
+                self._state = _reflect(inspector, self.table, batch_ids)
             return self._state
+
+    def _forget_table(self) -> None:
+        """The table vanished (dropped, renamed): look again (and recreate it) on the next use."""
+        with self._state_lock:
+            self._state = None
 
     def missing_columns(self) -> list[str]:
         """New columns the database table lacks (an older Flask-Track-Usage table); empty when up to date."""
@@ -384,36 +435,62 @@ class SQLStorage:
             if name in existing_indexes:
                 sa.Index(name, scratch.c[column], scratch.c.datetime).drop(engine)
                 changes.append(f"dropped index {name}")
+        if not state.batch_ids:
+            self.batches.create(engine, checkfirst=True)
+            changes.append(f"created table {self.batches.name}")
         with self._state_lock:
             self._state = None
         return changes
 
     @staticmethod
     def is_transient_error(exc: BaseException) -> bool:
-        """Whether retrying later may succeed (the database is down or busy), as opposed to a rejected row."""
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        if isinstance(exc, sa_exc.OperationalError) and _mysql_error_code(exc) in _MYSQL_ROW_REFUSALS:
-            return False
-        # A missing table (create_tables=False) is transient too: someone may create it.
-        return isinstance(
-            exc,
-            sa_exc.OperationalError
-            | sa_exc.InterfaceError
-            | sa_exc.DisconnectionError
-            | sa_exc.TimeoutError
-            | OSError
-            | RuntimeError,
-        )
+        """Whether retrying later may succeed, as opposed to a row the database rejects (see ``sql_errors``).
+
+        The connection, the server's state (read-only, shutting down), permissions, a
+        missing table (someone may create it) and deadlines are transient.
+        """
+        return sql_errors.is_transient(exc)
 
     # -- writing -------------------------------------------------------------------------
 
     def store(self, records: Sequence[UsageRecord]) -> None:
-        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL)."""
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL).
+
+        A batch from the storage writer carries a ``batch_id``, recorded in the same
+        transaction, so a retry after a lost COMMIT answer never writes it twice.
+        """
         if not records:
             return
-        inserter = self._inserter()
+        batch_id: str | None = getattr(records, "batch_id", None)
+        try:
+            inserter = self._inserter()
+            with watchdog.guard(self.write_timeout) as attempt:
+                try:
+                    self._write(inserter, records, batch_id)
+                except AlreadyWritten:
+                    raise
+                except Exception as exc:
+                    if attempt.expired:
+                        raise WriteTimeout(f"no answer from the database within {self.write_timeout} s") from exc
+                    raise
+        except AlreadyWritten:
+            return
+        except sa_exc.DBAPIError as exc:
+            if sql_errors.is_missing_table(exc):
+                self._forget_table()
+            raise
+        if self._batch_log.prune_due():
+            try:
+                self._batch_log.prune(self.engine)
+            except sa_exc.SQLAlchemyError as exc:
+                logger.info("could not delete old batch ids (%s); will try again in an hour", type(exc).__name__)
+
+    def _write(self, inserter: Inserter, records: Sequence[UsageRecord], batch_id: str | None) -> None:
         with self.engine.begin() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            watchdog.attach(dbapi_connection)
+            if batch_id is not None and inserter.batch_ids:
+                self._batch_log.claim(conn, batch_id)
             inserter.insert(conn, records)
 
     def _inserter(self) -> Inserter:
@@ -423,6 +500,7 @@ class SQLStorage:
         if cached is not None and cached[0] is state:
             return cached[1]
         inserter = Inserter(self.table, [c for c in state.columns if c != "id"], state.widths, self.engine.dialect)
+        inserter.batch_ids = state.batch_ids
         self._inserter_for = (state, inserter)
         return inserter
 
@@ -687,38 +765,18 @@ class SQLStorage:
 # -- engine ---------------------------------------------------------------------------------
 
 
-def _make_engine(conn_str: str, options: dict[str, Any]) -> sa.Engine:
-    url = sa.make_url(conn_str)
-    options.setdefault("pool_pre_ping", True)  # a restarted database must not cost a failed batch
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        # One shared connection, or the writer thread would get an empty database of its own.
-        options.setdefault("poolclass", StaticPool)
-        options.setdefault("connect_args", {"check_same_thread": False})
-        options.pop("pool_pre_ping", None)
-    engine = sa.create_engine(url, **options)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
-    return engine
+def _refuse_private_memory_database(engine: sa.Engine) -> None:
+    """An in-memory SQLite engine whose pool gives each thread its own database loses every row."""
+    url = engine.url
+    memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if memory and (isinstance(engine.pool, SingletonThreadPool) or not isinstance(engine.pool, StaticPool)):
+        raise ValueError(
+            "an in-memory SQLite engine gives each thread a database of its own, so the writer's rows "
+            "would never be seen: pass SQLStorage('sqlite://') (one shared connection) or use a file"
+        )
 
 
-def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
-    """WAL journal, fsync at checkpoints, and a wait instead of an error when locked.
-
-    With SQLite's defaults every batch costs several fsyncs, readers (``get_usage``)
-    block the writer, and two gunicorn workers writing one file fail with "database is
-    locked". WAL with ``synchronous=NORMAL`` is SQLite's own advice for this: a
-    committed batch survives a crash of the app; a power cut may lose the last ones.
-    """
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-    finally:
-        cursor.close()
-
-
-def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
+def _reflect(inspector: sa.Inspector, table: sa.Table, batch_ids: bool = True) -> _TableState:
     columns: list[str] = []
     widths: dict[str, int] = {}
     for info in inspector.get_columns(table.name, schema=table.schema):
@@ -731,12 +789,7 @@ def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
             widths[name] = min(length, COLUMN_WIDTHS[name]) if isinstance(length, int) else COLUMN_WIDTHS[name]
     if "datetime" not in columns or "id" not in columns:
         raise RuntimeError(f"table {table.name!r} exists but is not a usage table (no id or datetime column)")
-    return _TableState(tuple(columns), widths)
-
-
-def _mysql_error_code(exc: sa_exc.DBAPIError) -> int | None:
-    args = getattr(exc.orig, "args", None)
-    return args[0] if args and isinstance(args[0], int) else None
+    return _TableState(tuple(columns), widths, batch_ids)
 
 
 # -- rows read back -----------------------------------------------------------------------

@@ -309,6 +309,7 @@ class Inserter:
                 names, target = names.replace("%", "%%"), target.replace("%", "%%")
             self.sql = f"INSERT INTO {target} ({names}) VALUES ({', '.join([marker] * len(self.builder.columns))})"
         self._table = table
+        self.batch_ids = True  # the storage sets it: whether the batch-id table exists
 
     def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
         """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""
