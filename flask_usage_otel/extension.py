@@ -18,6 +18,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter, blueprint_of, path_is_excluded
+from .flushing import flush_sinks
 from .privacy import Anonymizer
 from .prometheus import MetricsView, PrometheusSink, method_label, metrics_for, multiprocess_dir
 from .record import UNMATCHED_ROUTE, RecordContext
@@ -402,7 +403,7 @@ class TrackUsage:
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Write out every queued row of the current app's storages; True when none is left."""
-        return all(sink.flush(timeout) for sink in self._tracker().sinks)
+        return flush_sinks(self._tracker().sinks, timeout)
 
     def storages(self) -> list[Storage]:
         """The storages of the current app (inside an app context, or the only app)."""
@@ -445,6 +446,7 @@ def _shutdown_sinks(tracker_ref: weakref.ref[_AppTracker]) -> None:
     tracker = tracker_ref()
     if tracker is None:
         return
+    flush_sinks(tracker.sinks, 5.0)  # in parallel: one slow sink must not cost the others their rows
     for sink in tracker.sinks:
         try:
             sink.shutdown(timeout=5.0)

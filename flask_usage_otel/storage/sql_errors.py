@@ -53,10 +53,12 @@ def database_code(exc: BaseException) -> str | int | None:
     orig: Any = getattr(exc, "orig", None)
     if orig is None:
         return None
+    args = getattr(orig, "args", None)
+    if _is_mysql(orig) and args and isinstance(args[0], int):
+        return args[0]  # the error number: more precise than the SQLSTATE MySQL errors also carry
     sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate
-    args = getattr(orig, "args", None)
     if args and isinstance(args[0], int):
         return args[0]
     return None
@@ -70,10 +72,10 @@ def is_rejected_row(exc: BaseException) -> bool:
         return False
     code = database_code(exc)
     orig = exc.orig
-    if isinstance(code, str):
-        return code[:2] in _PG_REJECTED_CLASSES
     if isinstance(code, int) and _is_mysql(orig):
         return code in _MYSQL_REJECTED
+    if isinstance(code, str):
+        return code[:2] in _PG_REJECTED_CLASSES
     if isinstance(orig, sqlite3.Error):
         return isinstance(orig, sqlite3.IntegrityError | sqlite3.DataError)
     return isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError)
