@@ -136,7 +136,8 @@ def test_a_commit_whose_answer_is_lost_is_not_written_twice(rig: Rig) -> None:
     assert rig.proxy.cuts == 3
     assert rig.writer.write_errors >= 3  # each cut COMMIT failed on the client side and was retried
     paths = rig.assert_every_request_accounted_for()
-    assert len(paths) == rig.sent == 90 and rig.writer.rows_dropped == 0
+    assert len(paths) == rig.sent == 90
+    assert rig.writer.rows_dropped == 0
 
 
 def test_a_silent_network_is_abandoned_at_the_deadline_and_retried(rig: Rig) -> None:
@@ -152,7 +153,8 @@ def test_a_silent_network_is_abandoned_at_the_deadline_and_retried(rig: Rig) -> 
     rig.proxy.mode = "pass"
     assert rig.writer.flush(30)
     paths = rig.assert_every_request_accounted_for()
-    assert len(paths) == 50 and rig.writer.rows_dropped == 0
+    assert len(paths) == 50
+    assert rig.writer.rows_dropped == 0
     assert abandoned_after < 10
     print(f"\nsilent network: attempt abandoned after {abandoned_after:.1f} s, {rig.writer.write_timeouts} timeouts")
 
@@ -165,7 +167,8 @@ def test_connections_reset_under_load_lose_and_duplicate_nothing(rig: Rig) -> No
         rig.proxy.reset_all()
     assert rig.writer.flush(30)
     paths = rig.assert_every_request_accounted_for()
-    assert len(paths) == 200 and rig.writer.rows_dropped == 0
+    assert len(paths) == 200
+    assert rig.writer.rows_dropped == 0
 
 
 def test_a_dropped_table_is_created_again(rig: Rig) -> None:
@@ -175,7 +178,8 @@ def test_a_dropped_table_is_created_again(rig: Rig) -> None:
     rig.send(30)
     assert rig.writer.flush(30)
     paths = rig.paths()
-    assert len(paths) == 30 and max(paths.values()) == 1  # the 20 went with the table; none since is lost
+    assert len(paths) == 30
+    assert max(paths.values()) == 1
     assert rig.writer.rows_dropped == 0
     assert rig.writer.write_errors >= 1
 
@@ -241,9 +245,9 @@ def limited_account(server: tuple[str, str, int]) -> Iterator[tuple[str, str, sa
 
 def end_sessions(conn: sa.Connection, login: str) -> None:
     """End the MariaDB sessions of ``login`` (the test's own user)."""
-    ids = conn.exec_driver_sql(
-        "SELECT id FROM information_schema.processlist WHERE user = %s", (login,)
-    ).scalars().all()
+    ids = (
+        conn.exec_driver_sql("SELECT id FROM information_schema.processlist WHERE user = %s", (login,)).scalars().all()
+    )
     for session in ids:
         conn.exec_driver_sql(f"KILL {int(session)}")
 
@@ -284,7 +288,8 @@ def test_a_read_only_window_delays_rows_and_drops_none(limited_account: tuple[st
                 end_sessions(conn, login)
         assert made.writer.flush(30)
         paths = made.assert_every_request_accounted_for()
-        assert len(paths) == 50 and made.writer.rows_dropped == 0
+        assert len(paths) == 50
+        assert made.writer.rows_dropped == 0
     finally:
         made.writer.shutdown(5)
         made.storage.engine.dispose()
