@@ -43,7 +43,7 @@ def make_engine(
     memory = backend == "sqlite" and url.database in (None, "", ":memory:")
     if memory:
         # One shared connection, or the writer thread would get an empty database of its own.
-        options.setdefault("poolclass", StaticPool)
+        options.setdefault("poolclass", ExclusiveStaticPool)
         connect_args.setdefault("check_same_thread", False)
     elif backend == "postgresql" and driver == "psycopg":
         if connect_timeout:
@@ -63,9 +63,7 @@ def make_engine(
     elif backend == "sqlite" and statement_timeout:
         connect_args.setdefault("timeout", statement_timeout)  # how long to wait for a lock
     engine = sa.create_engine(url, connect_args=connect_args, **options)
-    if memory:
-        _one_user_at_a_time(engine)
-    elif backend == "sqlite":
+    if backend == "sqlite" and not memory:
         sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
     elif "pool_pre_ping" not in options:  # the caller's own choice wins
         ping_timeout = statement_timeout or connect_timeout
@@ -95,17 +93,31 @@ def _ping(dbapi_connection: Any, seconds: float | None) -> None:
         raise sa_exc.DisconnectionError(f"connection check failed: {type(exc).__name__}") from None
 
 
-def _one_user_at_a_time(engine: sa.Engine) -> None:
-    lock = threading.RLock()
+class ExclusiveStaticPool(StaticPool):
+    """SQLAlchemy's ``StaticPool`` (one connection for every thread), lent to one user at a time.
 
-    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        lock.acquire()
+    The lock is taken before the connection is handed out and released when it is
+    back (after its reset-on-return rollback), so a reader's rollback can never
+    discard another thread's open transaction.
+    """
 
-    def checkin(dbapi_connection: Any, record: Any) -> None:
-        lock.release()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exclusive = threading.RLock()
 
-    sa.event.listen(engine, "checkout", checkout)
-    sa.event.listen(engine, "checkin", checkin)
+    def _do_get(self) -> Any:
+        self._exclusive.acquire()
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._exclusive.release()
+            raise
+
+    def _do_return_conn(self, record: Any) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._exclusive.release()
 
 
 def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
