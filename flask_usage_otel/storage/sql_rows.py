@@ -76,7 +76,16 @@ TRUNCATED_JSON_KEY = "_truncated"
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 # Characters quote(path, safe="/:@!$&()*+,;=~") would change; most paths have none and skip quoting.
 _PATH_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&()*+,;=]").search
-_language = lru_cache(maxsize=1024)(first_language)
+_cached_language = lru_cache(maxsize=1024)(first_language)
+_MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
+
+
+def _language(accept_language: str | None) -> str | None:
+    if accept_language is not None and len(accept_language) > _MAX_CACHED_LANGUAGE:
+        return first_language(accept_language)
+    return _cached_language(accept_language)
+
+
 _EPOCH = datetime(1970, 1, 1)
 # Values each plain column takes, to find the bind processors that change nothing for them.
 _PLAIN_SAMPLES: dict[str, tuple[Any, ...]] = {

@@ -219,3 +219,27 @@ def test_flush_writes_every_storage_even_when_the_first_is_stuck() -> None:
         with app.app_context():
             assert tracker.flush(10)
     assert len(stuck.records) == 20
+
+
+def test_caches_keyed_by_raw_headers_do_not_keep_the_headers() -> None:
+    import gc
+    import tracemalloc
+
+    from flask_usage_otel.privacy import Anonymizer
+    from flask_usage_otel.storage.sql_rows import _language
+    from flask_usage_otel.useragent import parse_user_agent
+
+    anonymizer = Anonymizer("hash", b"key")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(500):
+            big = f"{i:05d}" + "x" * 8192  # 8 KB headers, each different
+            parse_user_agent("Mozilla/5.0 " + big)
+            _language("en-GB," + big)
+            anonymizer.address(big)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held} bytes kept by the caches after 500 distinct 8 KB headers"
