@@ -407,7 +407,7 @@ class SQLStorage:
                 if column.name in state.columns:
                     continue
                 ddl = sa.schema.CreateColumn(column).compile(dialect=dialect)
-                conn.execute(sa.text(f"ALTER TABLE {quote} ADD COLUMN {ddl}"))
+                conn.exec_driver_sql(f"ALTER TABLE {quote} ADD COLUMN {ddl}")
                 changes.append(f"added column {column.name}")
             if dialect.name in ("postgresql", "mysql", "mariadb"):
                 for name, width in state.widths.items():
@@ -417,13 +417,15 @@ class SQLStorage:
                     kind = column.type.compile(dialect=dialect)
                     col = dialect.identifier_preparer.quote(name)
                     if dialect.name == "postgresql":
-                        conn.execute(sa.text(f"ALTER TABLE {quote} ALTER COLUMN {col} TYPE {kind}"))
+                        conn.exec_driver_sql(f"ALTER TABLE {quote} ALTER COLUMN {col} TYPE {kind}")
                     else:
-                        conn.execute(sa.text(f"ALTER TABLE {quote} MODIFY {col} {kind} NULL"))
+                        conn.exec_driver_sql(f"ALTER TABLE {quote} MODIFY {col} {kind} NULL")
                     changes.append(f"widened {name} to {kind}")
         existing_indexes = {
             ix["name"] for ix in sa.inspect(engine).get_indexes(self.table.name, schema=self.table.schema)
         }
+        if dialect.name in ("mysql", "mariadb"):  # reflected from SHOW CREATE TABLE with backticks still doubled
+            existing_indexes = {name.replace("``", "`") for name in existing_indexes if name}
         for index in self.table.indexes:
             if index.name not in existing_indexes:
                 index.create(engine)
@@ -848,7 +850,10 @@ def _as_utc(name: str, value: datetime | date | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        try:
+            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        except OverflowError:  # datetime.min with a positive offset, datetime.max with a negative one
+            raise ValueError(f"{name} is out of range once converted to UTC: {value!r}") from None
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     raise ValueError(f"{name} must be a datetime or a date, got {type(value).__name__}: {value!r}")
@@ -881,9 +886,12 @@ def _period_expression(dialect: str, period: str, column: sa.ColumnElement[Any])
 # -- argument checks ------------------------------------------------------------------------
 
 
+_MAX_COUNT = 2**31 - 1  # the largest LIMIT every database takes; (page - 1) * limit then fits a 64-bit OFFSET
+
+
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
+        raise ValueError(f"{name} must be an integer of at least 1 and at most {_MAX_COUNT}, got {value!r}")
 
 
 def _filter_values(name: str, value: Any) -> list[Any]:
@@ -892,10 +900,13 @@ def _filter_values(name: str, value: Any) -> list[Any]:
         raise ValueError(f"{name} filter is an empty list")
     for item in values:
         if name == "status":
-            if isinstance(item, bool) or not isinstance(item, int):
+            if isinstance(item, bool) or not isinstance(item, int) or not -(2**31) <= item < 2**31:
                 raise ValueError(f"status must be an integer HTTP status or a list of them, got {item!r}")
         elif not isinstance(item, str):
             raise ValueError(f"{name} must be a string or a list of strings, got {item!r}")
+    if name != "status":
+        # As stored: without NUL (PostgreSQL refuses it in text) and cut to the column's width.
+        values = [clean_text(v, COLUMN_WIDTHS.get(name)) for v in values]
     if name == "method":
         values = [v.upper() for v in values]
     return values

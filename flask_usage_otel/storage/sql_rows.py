@@ -279,6 +279,14 @@ def _picker(order: Sequence[str], wanted: Sequence[str]) -> Callable[[tuple[Any,
 # -- sending a batch ------------------------------------------------------------------------
 
 
+def _raw_identifier(preparer: Any, name: str) -> str:
+    """``name`` quoted for the driver as it is, ``%`` not doubled (SQLAlchemy's quoting doubles it for
+    format/pyformat drivers; done below only where the driver will format the statement)."""
+    return (
+        f"{preparer.initial_quote}{name.replace(preparer.escape_quote, preparer.escape_to_quote)}{preparer.final_quote}"
+    )
+
+
 class Inserter:
     """Writes batches of records into ``table`` (only ``columns``) on a connection inside a transaction.
 
@@ -308,8 +316,10 @@ class Inserter:
                 if process is not None and (process := _cheaper_processor(name, process)) is not None:
                     processors[name] = process
         self.builder = RowBuilder(columns, widths, processors)
-        names = ", ".join(preparer.quote(c) for c in self.builder.columns)
-        target = preparer.format_table(table)
+        names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
+        target = _raw_identifier(preparer, table.name)
+        if table.schema:
+            target = f"{_raw_identifier(preparer, table.schema)}.{target}"
         if self.method == "copy":
             self.sql = f"COPY {target} ({names}) FROM STDIN"
         else:
