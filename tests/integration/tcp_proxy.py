@@ -6,6 +6,7 @@ Modes (``proxy.mode = ...``):
 - ``"blackhole"``: the connections stay open, everything sent is accepted and nothing
   ever comes back (a dead peer behind a stuck NAT or proxy); new connections are
   accepted and never answered either;
+- ``"down"``: as a stopped server: open connections are reset, new ones are reset at once;
 
 and one-shot faults:
 
@@ -50,12 +51,12 @@ class TcpProxy:
 
     @mode.setter
     def mode(self, value: str) -> None:
-        assert value in ("pass", "blackhole")
+        assert value in ("pass", "blackhole", "down")
         with self._lock:
             leaving_blackhole = self._mode == "blackhole" and value != "blackhole"
             self._mode = value
             pairs = list(self._pairs)
-        if leaving_blackhole:
+        if leaving_blackhole or value == "down":
             for pair in pairs:
                 pair.reset()
 
@@ -91,6 +92,9 @@ class TcpProxy:
             except OSError:
                 return
             self.connections += 1
+            if self._mode == "down":
+                _reset(client)
+                continue
             if self._mode == "blackhole":
                 pair = _Pair(self, client, None)
             else:
