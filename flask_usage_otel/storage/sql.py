@@ -14,6 +14,7 @@ columns exist, writes only those (cut to their narrower widths), and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -465,16 +466,9 @@ class SQLStorage:
             return
         batch_id: str | None = getattr(records, "batch_id", None)
         try:
-            inserter = self._inserter()
-            with watchdog.guard(self.write_timeout) as attempt:
-                try:
-                    self._write(inserter, records, batch_id)
-                except AlreadyWritten:
-                    raise
-                except Exception as exc:
-                    if attempt.expired:
-                        raise WriteTimeout(f"no answer from the database within {self.write_timeout} s") from exc
-                    raise
+            with self._deadline():
+                # Inside the deadline: looking at the table (first use, or after it vanished) talks to the database.
+                self._write(self._inserter(), records, batch_id)
         except AlreadyWritten:
             return
         except sa_exc.DBAPIError as exc:
@@ -483,9 +477,23 @@ class SQLStorage:
             raise
         if self._batch_log.prune_due():
             try:
-                self._batch_log.prune(self.engine)
-            except sa_exc.SQLAlchemyError as exc:
+                with self._deadline():
+                    self._batch_log.prune(self.engine)
+            except (sa_exc.SQLAlchemyError, WriteTimeout) as exc:
                 logger.info("could not delete old batch ids (%s); will try again in an hour", type(exc).__name__)
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        """Abandon the block's database calls after ``write_timeout``, raising :class:`WriteTimeout`."""
+        with watchdog.guard(self.write_timeout) as attempt:
+            try:
+                yield
+            except AlreadyWritten:
+                raise
+            except Exception as exc:
+                if attempt.expired:
+                    raise WriteTimeout(f"no answer from the database within {self.write_timeout} s") from exc
+                raise
 
     def _write(self, inserter: Inserter, records: Sequence[UsageRecord], batch_id: str | None) -> None:
         with self.engine.begin() as conn:
