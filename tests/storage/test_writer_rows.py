@@ -243,3 +243,31 @@ def test_caches_keyed_by_raw_headers_do_not_keep_the_headers() -> None:
     finally:
         tracemalloc.stop()
     assert held < 1_000_000, f"{held} bytes kept by the caches after 500 distinct 8 KB headers"
+
+
+class CountingStorage(ListStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def store(self, records: Sequence[Any]) -> None:
+        self.calls += 1
+        super().store(records)
+
+
+@pytest.mark.parametrize(("linger", "most_batches"), [(0.2, 8), (0.0, None)])
+def test_trickling_rows_linger_to_fill_a_batch(linger: float, most_batches: int | None) -> None:
+    storage = CountingStorage()
+    writer = BatchWriter(storage, batch_size=500, flush_interval=0.005, linger=linger)
+    try:
+        for i in range(40):
+            writer.put(i)
+            time.sleep(0.01)  # about 100 rows a second
+        assert writer.flush(10)
+    finally:
+        writer.shutdown(5)
+    assert len(storage.records) == 40
+    if most_batches is not None:
+        assert storage.calls <= most_batches  # a few larger transactions
+    else:
+        assert storage.calls >= 20  # without a linger, nearly one transaction per row
