@@ -16,9 +16,12 @@ process lives), and older ones are deleted at most once an hour by the writer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -61,15 +64,40 @@ class BatchLog:
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
-        self._insert = table.insert()
         self._last_prune = time.monotonic()
+        self._compiled: tuple[sa.Dialect, str, Any] | None = None
 
     def claim(self, conn: sa.Connection, batch_id: str) -> None:
-        """Record ``batch_id`` in ``conn``'s transaction; raise :class:`AlreadyWritten` when it is there already."""
+        """Record ``batch_id`` in ``conn``'s transaction; raise :class:`AlreadyWritten` when it is there already.
+
+        Sent on the driver's cursor with a statement compiled once per dialect: this runs
+        once per batch on the writer's thread, and SQLAlchemy's per-call work would cost
+        more than the INSERT itself.
+        """
+        dialect = conn.dialect
+        compiled = self._compiled
+        if compiled is None or compiled[0] is not dialect:
+            compiled = self._compiled = (dialect, *_insert_sql(self.table, dialect))
+        _, sql, parameters = compiled
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        dbapi = dialect.loaded_dbapi
+        cursor = raw.cursor()
         try:
-            conn.execute(self._insert, {"batch_id": batch_id, "written_at": _utcnow()})
-        except sa.exc.IntegrityError:
+            cursor.execute(sql, parameters(batch_id, _utcnow()))
+        except dbapi.IntegrityError:
             raise AlreadyWritten(batch_id) from None
+        except dbapi.Error as exc:
+            # What SQLAlchemy would raise, so the writer can tell a lost connection from the rest.
+            disconnected = dialect.is_disconnect(exc, raw, cursor)
+            if disconnected:
+                conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(
+                sql, None, exc, dbapi.Error, connection_invalidated=disconnected, dialect=dialect
+            ) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
 
     def prune_due(self) -> bool:
         return time.monotonic() - self._last_prune >= _PRUNE_EVERY
@@ -80,6 +108,22 @@ class BatchLog:
         cutoff = _utcnow() - BATCH_ID_RETENTION
         with engine.begin() as conn:
             return int(conn.execute(sa.delete(self.table).where(self.table.c.written_at < cutoff)).rowcount)
+
+
+def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> tuple[str, Callable[[str, datetime], Any]]:
+    """The INSERT of one batch id as the driver takes it, and what makes its parameters for the driver."""
+    compiled = table.insert().compile(dialect=dialect, column_keys=["batch_id", "written_at"])
+    process = table.c.written_at.type.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+    order = compiled.positiontup
+    if order is None:  # named parameters (pyformat, named)
+
+        def named(batch_id: str, written_at: datetime) -> Any:
+            return {"batch_id": batch_id, "written_at": process(written_at)}
+
+        return compiled.string, named
+    if list(order) == ["batch_id", "written_at"]:
+        return compiled.string, lambda batch_id, written_at: (batch_id, process(written_at))
+    raise RuntimeError(f"unexpected parameters {order} in the INSERT into {table.name}")
 
 
 def _utcnow() -> datetime:
