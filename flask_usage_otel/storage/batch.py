@@ -77,8 +77,10 @@ class BatchWriter:
     :param storage: where batches go; ``storage.store(batch)`` must write the whole
         batch or nothing (one transaction).
     :param queue_size: most rows waiting (``TRACK_USAGE_QUEUE_SIZE``); more are dropped and counted.
-    :param queue_bytes: most bytes the waiting rows may hold, as estimated by ``put``'s ``nbytes``
+    :param queue_bytes: most bytes the waiting rows may hold, as estimated by ``size_of``
         (``TRACK_USAGE_QUEUE_BYTES``); more are dropped and counted.
+    :param size_of: the bytes a queued item holds (called when it is queued and when it is taken
+        off the queue, so it must give the same for the same item); None: items are not sized.
     :param batch_size: rows per ``store`` call (``TRACK_USAGE_BATCH_SIZE``); a full batch is written at once.
     :param flush_interval: seconds a row may wait for its batch to fill (``TRACK_USAGE_FLUSH_INTERVAL``).
     :param linger: seconds the writer waits for a partial batch to fill before writing it
@@ -110,6 +112,7 @@ class BatchWriter:
         max_backoff: float = 15.0,
         is_transient: Callable[[BaseException], bool] | None = None,
         prepare: Callable[[Any], Any] | None = None,
+        size_of: Callable[[Any], int] | None = None,
     ) -> None:
         if (
             queue_size < 1
@@ -134,6 +137,7 @@ class BatchWriter:
         self.max_backoff = max_backoff
         self._metrics = metrics
         self._prepare = prepare
+        self._size_of = size_of
         self._is_transient = is_transient or getattr(storage, "is_transient_error", None) or (lambda exc: True)
         self._closed = False
         self._reset()
@@ -141,7 +145,7 @@ class BatchWriter:
 
     def _reset(self) -> None:
         """Fresh queue, locks and no thread: at construction and in a forked child."""
-        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()  # a full batch is waiting, or flush/shutdown asked
         self._stop = threading.Event()
         self._idle = threading.Condition(threading.Lock())  # flush() waits on it
@@ -165,22 +169,23 @@ class BatchWriter:
 
     # -- the request path ---------------------------------------------------------------
 
-    def put(self, record: Any, nbytes: int = 0) -> bool:
-        """Queue one record without blocking; False when it was dropped (queue full or writer shut down).
-
-        :param nbytes: what the record holds in memory, as far as the caller knows (for ``queue_bytes``).
-        """
+    def put(self, record: Any) -> bool:
+        """Queue one record without blocking; False when it was dropped (queue full or writer shut down)."""
         if self._thread is None and not self._ensure_thread():
             self._count_drop("shutdown")
             return False
         queue = self._queue
-        if len(queue) >= self.queue_size or self._bytes + nbytes > self.queue_bytes:
+        if len(queue) >= self.queue_size:
             self._count_drop("queue_full")
             return False
-        if nbytes:
+        if self._size_of is not None:
+            nbytes = self._size_of(record)
+            if self._bytes + nbytes > self.queue_bytes:
+                self._count_drop("queue_full")
+                return False
             with self._bytes_lock:
                 self._bytes += nbytes
-        queue.append((record, nbytes))
+        queue.append(record)
         if len(queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         return True
@@ -289,19 +294,19 @@ class BatchWriter:
                 self._wake.clear()
             with self._idle:
                 self._busy = True
-            items: list[tuple[Any, int]] = []
+            items: list[Any] = []
             try:
                 while queue and len(items) < self.batch_size:
                     items.append(queue.popleft())
             except IndexError:  # emptied under us: only possible after a fork reset
                 pass
             self._pending = len(items)
-            nbytes = sum(size for _, size in items)
-            batch = Batch(item for item, _ in items) if self._prepare is None else self._prepared(items)
+            nbytes = 0 if self._size_of is None else sum(map(self._size_of, items))
+            batch = Batch(items) if self._prepare is None else self._prepared(items)
             written = not batch or self._write_with_retry(batch)
             if not written:  # shut down while the database is down: put the batch back and stop
-                queue.extendleft((record, 0) for record in reversed(batch))
-            else:
+                queue.extendleft(reversed(batch))
+            elif nbytes:
                 with self._bytes_lock:
                     self._bytes -= nbytes
             self._pending = 0
@@ -315,11 +320,11 @@ class BatchWriter:
             self._busy = False
             self._idle.notify_all()
 
-    def _prepared(self, items: list[tuple[Any, int]]) -> Batch:
+    def _prepared(self, items: list[Any]) -> Batch:
         prepare = self._prepare
         assert prepare is not None
         records = Batch()
-        for item, _ in items:
+        for item in items:
             try:
                 records.append(prepare(item))
             except Exception as exc:  # one bad item never blocks the queue

@@ -40,7 +40,7 @@ class Unserialisable(ValueError):
 
 
 class PlainState:
-    """A finished request's state as plain values: what ``record_from_state`` reads, nothing more."""
+    """A finished request's state as plain values: what ``record_from_state`` reads, and its estimated size."""
 
     __slots__ = (
         "authorization",
@@ -50,6 +50,7 @@ class PlainState:
         "environ_values",
         "exception",
         "method",
+        "nbytes",
         "response_size",
         "route",
         "span_id",
@@ -66,8 +67,8 @@ class PlainState:
         """Already captured (``record_from_state`` calls it on request states)."""
 
 
-def plain_state(state: RequestState) -> tuple[PlainState, int]:
-    """The state's values as plain data, and an estimate of the bytes they hold.
+def plain_state(state: RequestState) -> PlainState:
+    """The state's values as plain data, with an estimate of the bytes they hold (``nbytes``).
 
     :raises Unserialisable: a value is too deep, too large, or its conversion to text failed.
     """
@@ -93,8 +94,8 @@ def plain_state(state: RequestState) -> tuple[PlainState, int]:
     out.span_id = state.span_id
     out.context = state.context
     size = ROW_OVERHEAD_BYTES + sum(len(v) for v in environ_values or () if v)
-    size += 50 * (MAX_ITEMS - budget[0])  # containers and scalars of track_var / view_args
-    return out, size
+    out.nbytes = size + 50 * (MAX_ITEMS - budget[0])  # containers and scalars of track_var / view_args
+    return out
 
 
 def plain(value: Any) -> Any:
@@ -191,6 +192,7 @@ class StorageSink(Sink):
                 metrics=metrics,
                 # The request thread queues plain values; the writer builds the record from them.
                 prepare=_record_of,
+                size_of=_size_of,
             )
 
     def finish(self, state: RequestState) -> None:
@@ -204,11 +206,11 @@ class StorageSink(Sink):
                 self._metrics.storage_rows_written.inc()
             return
         try:
-            values, nbytes = plain_state(state)
+            values = plain_state(state)
         except (Unserialisable, RecursionError) as exc:
             writer._count_drop("unserialisable", exc=exc)
             return
-        writer.put(values, nbytes)
+        writer.put(values)
 
     def flush(self, timeout: float | None = None) -> bool:
         return True if self.writer is None else self.writer.flush(timeout)
@@ -216,6 +218,10 @@ class StorageSink(Sink):
     def shutdown(self, timeout: float | None = None) -> None:
         if self.writer is not None:
             self.writer.shutdown(timeout)
+
+
+def _size_of(item: PlainState | UsageRecord) -> int:
+    return item.nbytes if type(item) is PlainState else ROW_OVERHEAD_BYTES
 
 
 def _record_of(item: PlainState | UsageRecord) -> UsageRecord:

@@ -123,9 +123,16 @@ class DownStorage:
 
 
 def test_the_queue_is_bounded_in_bytes_and_counts_what_it_drops() -> None:
-    writer = BatchWriter(DownStorage(), queue_size=10_000, queue_bytes=1_000_000, batch_size=10, flush_interval=0.05)
+    writer = BatchWriter(
+        DownStorage(),
+        queue_size=10_000,
+        queue_bytes=1_000_000,
+        batch_size=10,
+        flush_interval=0.05,
+        size_of=lambda item: 9_000,  # rows holding 8 KB headers
+    )
     try:
-        accepted = sum(writer.put(i, 9_000) for i in range(1000))  # rows holding 8 KB headers
+        accepted = sum(writer.put(i) for i in range(1000))
         assert accepted == 1_000_000 // 9_000
         assert writer.dropped["queue_full"] == 1000 - accepted
     finally:
