@@ -33,6 +33,8 @@ ROW_OVERHEAD_BYTES = 1_000
 """Memory a queued row holds besides its strings (objects, the tuple, the deque slot)."""
 
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
+_FLAT_FAST_PATH = 64  # most keys of a flat dict checked by the fast path
 
 
 class Unserialisable(ValueError):
@@ -70,6 +72,9 @@ class PlainState:
 def plain_state(state: RequestState) -> PlainState:
     """The state's values as plain data, with an estimate of the bytes they hold (``nbytes``).
 
+    Runs on the request thread for every tracked request, so the usual case (text,
+    numbers, a small flat ``track_var``) takes a fast path of type checks and copies.
+
     :raises Unserialisable: a value is too deep, too large, or its conversion to text failed.
     """
     state.capture()
@@ -77,23 +82,29 @@ def plain_state(state: RequestState) -> PlainState:
     out = PlainState()
     environ_values = state.environ_values
     out.environ_values = environ_values
-    out.authorization = bool(state.authorization)
+    out.authorization = state.authorization is True or bool(state.authorization)
     out.view_args = _plain_mapping(state.view_args, budget)
     out.track_var = _plain_mapping(state.track_var, budget)
-    out.username = _text(state.username)
-    out.exception = _text(state.exception)
-    out.blueprint = _text(state.blueprint)
-    out.endpoint = _text(state.endpoint)
+    value = state.username
+    out.username = value if value is None or type(value) is str else _text(value)
+    value = state.exception
+    out.exception = value if value is None or type(value) is str else _text(value)
+    value = state.blueprint
+    out.blueprint = value if value is None or type(value) is str else _text(value)
+    value = state.endpoint
+    out.endpoint = value if value is None or type(value) is str else _text(value)
+    value = state.status
+    out.status = value if value is None or type(value) is int else _integer(value)
+    value = state.response_size
+    out.response_size = value if value is None or type(value) is int else _integer(value)
     out.route = state.route
     out.method = state.method
-    out.status = _integer(state.status)
-    out.response_size = _integer(state.response_size)
     out.speed = state.speed
     out.timestamp = state.timestamp
     out.trace_id = state.trace_id
     out.span_id = state.span_id
     out.context = state.context
-    size = ROW_OVERHEAD_BYTES + sum(len(v) for v in environ_values or () if v)
+    size = ROW_OVERHEAD_BYTES + len("".join(filter(None, environ_values or ())))
     out.nbytes = size + 50 * (MAX_ITEMS - budget[0])  # containers and scalars of track_var / view_args
     return out
 
@@ -110,8 +121,16 @@ def plain(value: Any) -> Any:
 def _plain_mapping(value: Any, budget: list[int]) -> dict[str, Any] | None:
     if value is None:
         return None
-    if type(value) is dict and not value:
-        return value  # most requests: nothing to copy
+    if type(value) is dict:
+        if not value:
+            return value  # most requests: nothing to copy
+        if len(value) <= _FLAT_FAST_PATH:
+            for key, item in value.items():
+                if type(key) is not str or type(item) not in _SCALAR_TYPES:
+                    break
+            else:  # flat, plain already: a copy, so later changes by the app are not seen
+                budget[0] -= len(value)
+                return dict(value)
     converted = _plain(value, MAX_DEPTH, budget)
     return converted if isinstance(converted, dict) else {"value": converted}
 
