@@ -29,12 +29,13 @@ class WriteTimeout(TimeoutError):
 
 
 class _Attempt:
-    __slots__ = ("connections", "deadline", "expired")
+    __slots__ = ("connections", "deadline", "expired", "ping")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, ping: bool) -> None:
         self.deadline = deadline
         self.connections: list[Any] = []
         self.expired = False
+        self.ping = ping
 
 
 class Watchdog:
@@ -50,9 +51,13 @@ class Watchdog:
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def guard(self, seconds: float | None) -> Iterator[_Attempt]:
-        """Run the block under a deadline; connections it uses are registered with :meth:`attach`."""
-        attempt = _Attempt(time.monotonic() + seconds if seconds else float("inf"))
+    def guard(self, seconds: float | None, *, ping: bool = True) -> Iterator[_Attempt]:
+        """Run the block under a deadline; connections it uses are registered with :meth:`attach`.
+
+        :param ping: whether a pooled connection the block takes is checked first; a caller
+            that retries a failed block itself (the writer) skips that round trip.
+        """
+        attempt = _Attempt(time.monotonic() + seconds if seconds else float("inf"), ping)
         if seconds:
             with self._lock:
                 self._attempts.add(attempt)
@@ -68,6 +73,11 @@ class Watchdog:
             if seconds:
                 with self._lock:
                     self._attempts.discard(attempt)
+
+    def wants_ping(self) -> bool:
+        """Whether the current thread's guarded block (if any) wants pooled connections checked."""
+        attempt = getattr(self._local, "attempt", None)
+        return attempt is None or attempt.ping
 
     def attach(self, dbapi_connection: Any) -> None:
         """The current thread's guarded block now waits on this connection."""

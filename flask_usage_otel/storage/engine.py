@@ -80,6 +80,8 @@ def register_engine(engine: sa.Engine) -> None:
 def _ping(dbapi_connection: Any, seconds: float | None) -> None:
     """A pooled connection's liveness check, under a deadline; a failure makes the pool reconnect."""
     watchdog.attach(dbapi_connection)
+    if not watchdog.wants_ping():
+        return
     try:
         with watchdog.guard(seconds):
             watchdog.attach(dbapi_connection)

@@ -466,7 +466,8 @@ class SQLStorage:
             return
         batch_id: str | None = getattr(records, "batch_id", None)
         try:
-            with self._deadline():
+            # No liveness check of the pooled connection first: a dead one fails the attempt, which is retried.
+            with self._deadline(ping=False):
                 # Inside the deadline: looking at the table (first use, or after it vanished) talks to the database.
                 self._write(self._inserter(), records, batch_id)
         except AlreadyWritten:
@@ -483,9 +484,9 @@ class SQLStorage:
                 logger.info("could not delete old batch ids (%s); will try again in an hour", type(exc).__name__)
 
     @contextlib.contextmanager
-    def _deadline(self) -> Iterator[None]:
+    def _deadline(self, *, ping: bool = True) -> Iterator[None]:
         """Abandon the block's database calls after ``write_timeout``, raising :class:`WriteTimeout`."""
-        with watchdog.guard(self.write_timeout) as attempt:
+        with watchdog.guard(self.write_timeout, ping=ping) as attempt:
             try:
                 yield
             except AlreadyWritten:
