@@ -114,6 +114,7 @@ def writer_throughput(url: str, rows: int, batch_size: int) -> dict[str, float]:
     finally:
         writer.shutdown(5)
         storage.table.drop(storage.engine)
+        storage.batches.drop(storage.engine, checkfirst=True)
         storage.engine.dispose()
 
 
@@ -132,6 +133,7 @@ def profile_writer(url: str, rows: int, top: int) -> None:
         profiler.disable()
     finally:
         storage.table.drop(storage.engine)
+        storage.batches.drop(storage.engine, checkfirst=True)
         storage.engine.dispose()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
@@ -198,6 +200,7 @@ def query_latencies(url: str, rows: int, repeat: int) -> dict[str, Any]:
         return result
     finally:
         storage.table.drop(storage.engine)
+        storage.batches.drop(storage.engine, checkfirst=True)
         storage.engine.dispose()
 
 

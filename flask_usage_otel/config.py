@@ -102,8 +102,10 @@ class Settings:
     redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
     # storage (SQL persistence)
     queue_size: int = 10_000
+    queue_bytes: int = 64 * 1024 * 1024
     batch_size: int = 500
     flush_interval: float = 1.0
+    batch_linger: float = 0.05
     sync_writes: bool = False
     # OpenTelemetry
     otel: bool | None = None
@@ -151,6 +153,14 @@ def _positive_seconds(key: str, value: Any) -> float:
         raise ConfigError(key, f"must be a number of seconds, got {value!r}")
     if not (0 < value <= 3600) or math.isnan(value):
         raise ConfigError(key, f"must be more than 0 and at most 3600 seconds, got {value!r}")
+    return float(value)
+
+
+def _seconds_or_zero(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+    if not 0 <= value <= 60:
+        raise ConfigError(key, f"must be from 0 to 60 seconds, got {value!r}")
     return float(value)
 
 
@@ -281,8 +291,10 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "GEOIP_DB": ("geoip_db", _optional_str),
     "REDACT_QUERY_PARAMS": ("redact_query_params", _query_params),
     "QUEUE_SIZE": ("queue_size", _int_range(1, 10_000_000)),
+    "QUEUE_BYTES": ("queue_bytes", _int_range(64 * 1024, 2**40)),
     "BATCH_SIZE": ("batch_size", _int_range(1, 100_000)),
     "FLUSH_INTERVAL": ("flush_interval", _positive_seconds),
+    "BATCH_LINGER": ("batch_linger", _seconds_or_zero),
     "SYNC_WRITES": ("sync_writes", _bool),
     "OTEL": ("otel", _optional_bool),
     "OTEL_METRICS": ("otel_metrics", _optional_bool),

@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, current_app, has_app_context
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter
+from .flushing import flush_sinks
 from .lifecycle import RequestTracker
 from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, metrics_for, multiprocess_dir
@@ -200,7 +201,7 @@ class TrackUsage:
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Write out every queued row of the current app's storages; True when none is left."""
-        return all(sink.flush(timeout) for sink in self._tracker().sinks)
+        return flush_sinks(self._tracker().sinks, timeout)
 
     def forget(self, username: str | None = None, remote_addr: str | None = None) -> int:
         """Delete a person's rows from the current app's storages (an erasure request); returns how many.
@@ -269,6 +270,7 @@ def _shutdown_sinks(tracker_ref: weakref.ref[RequestTracker]) -> None:
     tracker = tracker_ref()
     if tracker is None:
         return
+    flush_sinks(tracker.sinks, 5.0)  # in parallel: one slow sink must not cost the others their rows
     for sink in tracker.sinks:
         try:
             sink.shutdown(timeout=5.0)

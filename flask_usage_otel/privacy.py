@@ -30,6 +30,10 @@ _UNKNOWN = "unknown"
 _MAX_CHAIN_ENTRIES = 32  # a forwarded chain longer than this is cut: nobody has 32 proxies
 
 
+_MAX_CACHED_ADDRESS = 64
+"""Longest value cached: an IPv6 address with a zone fits; a hostile 8 KB "address" is computed, not kept."""
+
+
 class Anonymizer:
     """Anonymizes single addresses and ``X-Forwarded-For`` chains; results are cached."""
 
@@ -41,7 +45,13 @@ class Anonymizer:
         self.mode = mode
         self._key = key or b""
         # Addresses repeat (the same clients, the same proxies): parse each once.
-        self.address = lru_cache(maxsize=8192)(self._address)
+        self._cached = lru_cache(maxsize=8192)(self._address)
+
+    def address(self, address: str | None) -> str | None:
+        """Anonymize one address (cached; a value too long to be an address is not kept in the cache)."""
+        if address is not None and len(address) > _MAX_CACHED_ADDRESS:
+            return self._address(address)
+        return self._cached(address)
 
     def chain(self, value: str | None) -> str | None:
         """Anonymize every address of an ``X-Forwarded-For`` value, keeping its order."""

@@ -102,12 +102,23 @@ class PrometheusMetrics:
         )
         self.storage_rows_dropped = Counter(
             f"{prefix}storage_rows_dropped",
-            "Rows dropped because the storage writer's queue was full.",
+            "Rows the storage writer dropped, for any reason (see storage_dropped_total by reason).",
             registry=registry,
         )
         self.storage_write_errors = Counter(
             f"{prefix}storage_write_errors",
             "Failed attempts to write a batch (the batch is retried).",
+            registry=registry,
+        )
+        self.storage_dropped = Counter(
+            f"{prefix}storage_dropped",
+            "Rows not written, by reason: queue_full, rejected, unserialisable, timeout, shutdown.",
+            ("reason",),
+            registry=registry,
+        )
+        self.storage_write_timeouts = Counter(
+            f"{prefix}storage_write_timeouts",
+            "Write attempts abandoned because the database did not answer within the deadline (retried).",
             registry=registry,
         )
         info = Gauge(

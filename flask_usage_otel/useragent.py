@@ -55,12 +55,16 @@ _PLATFORMS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
-@lru_cache(maxsize=1024)
 def parse_user_agent(user_agent: str | None) -> UserAgentInfo:
     """Parse a ``User-Agent`` header into (browser, platform, version); unknown parts are None."""
     if not user_agent:
         return UserAgentInfo(None, None, None)
-    text = user_agent[:_MAX_PARSED_LENGTH]
+    # Cached by what is parsed, not the whole header: a cache of 8 KB headers would hold megabytes.
+    return _parse(user_agent[:_MAX_PARSED_LENGTH])
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> UserAgentInfo:
     browser = version = None
     for name, pattern in _BROWSERS:
         match = pattern.search(text)

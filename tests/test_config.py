@@ -20,6 +20,8 @@ def test_defaults() -> None:
     assert settings.metrics_prefix == "flask_usage_"
     assert settings.buckets == DEFAULT_BUCKETS
     assert settings.exclude_paths_re is None
+    assert settings.queue_bytes == 64 * 1024 * 1024
+    assert settings.batch_linger == 0.05
 
 
 @pytest.mark.parametrize(
@@ -46,6 +48,10 @@ def test_defaults() -> None:
         ("TRACK_USAGE_QUEUE_SIZE", -1),
         ("TRACK_USAGE_BATCH_SIZE", 1.5),
         ("TRACK_USAGE_FLUSH_INTERVAL", 0),
+        ("TRACK_USAGE_QUEUE_BYTES", 1000),
+        ("TRACK_USAGE_QUEUE_BYTES", "64MB"),
+        ("TRACK_USAGE_BATCH_LINGER", -0.1),
+        ("TRACK_USAGE_BATCH_LINGER", float("nan")),
         ("TRACK_USAGE_SYNC_WRITES", "perhaps"),
         ("TRACK_USAGE_CAPTURE_USER", "email"),
         ("TRACK_USAGE_ANONYMIZE_IP", "scramble"),

@@ -14,8 +14,10 @@ columns exist, writes only those (cut to their narrower widths), and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,11 +28,15 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..privacy import Anonymizer, stored_addresses
+from . import sql_errors
 from .base import SUMMARY_BY, SUMMARY_PERIODS
+from .deadline import WriteTimeout, watchdog
+from .engine import make_engine, register_engine
 from .legacy_rows import legacy_usage_dict
+from .sql_batches import AlreadyWritten, BatchLog, batch_table
 from .sql_rows import JSON_COLUMNS, Inserter, clean_text
 from .summaries import Summaries
 
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from ..record import UsageRecord
+
+logger = logging.getLogger("flask_usage_otel.storage")
 
 COLUMN_WIDTHS: dict[str, int] = {
     "url": 4096,
@@ -129,9 +137,6 @@ SUMMARY_COLUMNS: dict[str, str] = {
 """The column each ``get_summary(by=...)`` choice groups by."""
 assert tuple(SUMMARY_COLUMNS) == SUMMARY_BY
 
-_MYSQL_ROW_REFUSALS = frozenset({3819, 4025})
-"""MySQL's and MariaDB's "CHECK constraint failed": a refused row, though PyMySQL raises it as OperationalError."""
-
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
 
 
@@ -220,6 +225,8 @@ class _TableState:
 
     columns: tuple[str, ...]
     widths: dict[str, int]
+    batch_ids: bool = True
+    """Whether the ``<table>_batches`` table exists (idempotent retries); see ``sql_batches``."""
 
     @property
     def is_legacy(self) -> bool:
@@ -246,6 +253,11 @@ class SQLStorage:
     :param schema: the database schema of the table (PostgreSQL), default the connection's.
     :param create_tables: create the table and its indexes on first use when missing.
     :param engine_options: extra ``create_engine`` keyword arguments (with ``conn_str`` only).
+    :param connect_timeout: seconds to open a connection (engines made from ``conn_str``); None: the driver's default.
+    :param statement_timeout: seconds one statement may take (engines made from ``conn_str``): PostgreSQL's
+        ``statement_timeout``, PyMySQL's read and write timeouts, SQLite's busy timeout; None: no limit.
+    :param write_timeout: seconds one attempt to write a batch may take, whatever the engine; past it the
+        connection is cut, and the attempt is counted as a timeout and retried. None: no limit.
     :param hooks: Flask-Track-Usage's summary hooks (``sumUrl``, ``sumRemote``, ``sumUserAgent``,
         ``sumLanguage``, ``sumServer`` from :mod:`flask_usage_otel.summarization`): hits and bytes
         per hour, day and month in their own tables, updated with each written batch; read with
@@ -268,6 +280,9 @@ class SQLStorage:
         create_tables: bool = True,
         engine_options: Mapping[str, Any] | None = None,
         hooks: Sequence[Any] | None = None,
+        connect_timeout: float | None = 10.0,
+        statement_timeout: float | None = 15.0,
+        write_timeout: float | None = 30.0,
     ) -> None:
         if isinstance(conn_str, sa.Engine) and engine is None:  # Flask-Track-Usage's SQLStorage(engine)
             conn_str, engine = None, conn_str
@@ -281,9 +296,26 @@ class SQLStorage:
             raise ValueError(f"table_name must be a non-empty string, got {table_name!r}")
         if engine_options and conn_str is None:
             raise ValueError("engine_options only apply with conn_str")
+        for name, seconds in (
+            ("connect_timeout", connect_timeout),
+            ("statement_timeout", statement_timeout),
+            ("write_timeout", write_timeout),
+        ):
+            bad = isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+            if seconds is not None and bad:
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
+        self.write_timeout = write_timeout
         self._engine: sa.Engine | None = engine
+        if engine is not None:
+            _refuse_private_memory_database(engine)
+            register_engine(engine)
         if conn_str is not None:
-            self._engine = _make_engine(conn_str, dict(engine_options or {}))
+            self._engine = make_engine(
+                conn_str,
+                dict(engine_options or {}),
+                connect_timeout=connect_timeout,
+                statement_timeout=statement_timeout,
+            )
         self._db = db
         self._app: Flask | None = None
         if metadata is None and db is not None:
@@ -294,6 +326,8 @@ class SQLStorage:
             self.table = metadata.tables[f"{schema}.{table_name}"]
         else:
             self.table = usage_table(table_name, metadata, schema, partition_by_day=self._partition_by_day)
+        self.batches = batch_table(self.table.name, self.table.metadata, self.table.schema)
+        self._batch_log = BatchLog(self.batches)
         self.create_tables = create_tables
         self._state: _TableState | None = None
         self._state_lock = threading.Lock()
@@ -340,6 +374,8 @@ class SQLStorage:
             elif self._app is not None:
                 with self._app.app_context():
                     self._engine = self._db.engine
+            if self._engine is not None:
+                register_engine(self._engine)
             else:
                 raise RuntimeError(
                     "SQLStorage(db=...) finds its engine in the app context: call this inside "
@@ -357,12 +393,13 @@ class SQLStorage:
             self.summaries.prepare(self.engine)
 
     def _create(self, engine: sa.Engine) -> None:
-        try:
-            self.table.create(engine, checkfirst=True)
-        except sa_exc.SQLAlchemyError:
-            # Another process may have created it between the check and the CREATE.
-            if not sa.inspect(engine).has_table(self.table.name, schema=self.table.schema):
-                raise
+        for table in (self.table, self.batches):
+            try:
+                table.create(engine, checkfirst=True)
+            except sa_exc.SQLAlchemyError:
+                # Another process may have created it between the check and the CREATE.
+                if not sa.inspect(engine).has_table(table.name, schema=table.schema):
+                    raise
 
     def _table_state(self) -> _TableState:
         state = self._state
@@ -386,9 +423,24 @@ class SQLStorage:
                         )
                     self._create(engine)
                     inspector = sa.inspect(engine)
-                self._state = _reflect(inspector, self.table)
+                batch_ids = inspector.has_table(self.batches.name, schema=self.batches.schema)
+                if not batch_ids and self.create_tables:
+                    self._create(engine)
+                    batch_ids = True
+                elif not batch_ids:
+                    logger.warning(
+                        "table %r is missing: retried batches may be written twice; create it with "
+                        "`flask usage create-tables` or `flask usage upgrade-table`",
+                        self.batches.name,
+                    )
+                self._state = _reflect(inspector, self.table, batch_ids)
                 self._state_read_at = time.monotonic()
             return self._state
+
+    def _forget_table(self) -> None:
+        """The table vanished (dropped, renamed): look again (and recreate it) on the next use."""
+        with self._state_lock:
+            self._state = None
 
     def missing_columns(self) -> list[str]:
         """New columns the database table lacks (an older Flask-Track-Usage table); empty when up to date."""
@@ -414,7 +466,7 @@ class SQLStorage:
                 if column.name in state.columns:
                     continue
                 ddl = sa.schema.CreateColumn(column).compile(dialect=dialect)
-                conn.execute(sa.text(f"ALTER TABLE {quote} ADD COLUMN {ddl}"))
+                conn.exec_driver_sql(f"ALTER TABLE {quote} ADD COLUMN {ddl}")
                 changes.append(f"added column {column.name}")
             if dialect.name in ("postgresql", "mysql", "mariadb"):
                 for name, width in state.widths.items():
@@ -424,13 +476,15 @@ class SQLStorage:
                     kind = column.type.compile(dialect=dialect)
                     col = dialect.identifier_preparer.quote(name)
                     if dialect.name == "postgresql":
-                        conn.execute(sa.text(f"ALTER TABLE {quote} ALTER COLUMN {col} TYPE {kind}"))
+                        conn.exec_driver_sql(f"ALTER TABLE {quote} ALTER COLUMN {col} TYPE {kind}")
                     else:
-                        conn.execute(sa.text(f"ALTER TABLE {quote} MODIFY {col} {kind} NULL"))
+                        conn.exec_driver_sql(f"ALTER TABLE {quote} MODIFY {col} {kind} NULL")
                     changes.append(f"widened {name} to {kind}")
         existing_indexes = {
             ix["name"] for ix in sa.inspect(engine).get_indexes(self.table.name, schema=self.table.schema)
         }
+        if dialect.name in ("mysql", "mariadb"):  # reflected from SHOW CREATE TABLE with backticks still doubled
+            existing_indexes = {name.replace("``", "`") for name in existing_indexes if name}
         for index in self.table.indexes:
             if index.name not in existing_indexes:
                 index.create(engine)
@@ -442,6 +496,9 @@ class SQLStorage:
             if name in existing_indexes:
                 sa.Index(name, scratch.c[column], scratch.c.datetime).drop(engine)
                 changes.append(f"dropped index {name}")
+        if not state.batch_ids:
+            self.batches.create(engine, checkfirst=True)
+            changes.append(f"created table {self.batches.name}")
         with self._state_lock:
             self._state = None
         if self.summaries is not None:
@@ -450,34 +507,65 @@ class SQLStorage:
 
     @staticmethod
     def is_transient_error(exc: BaseException) -> bool:
-        """Whether retrying later may succeed (the database is down or busy), as opposed to a rejected row."""
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            return True
-        if isinstance(exc, sa_exc.OperationalError) and _mysql_error_code(exc) in _MYSQL_ROW_REFUSALS:
-            return False
-        # A missing table (create_tables=False) is transient too: someone may create it.
-        return isinstance(
-            exc,
-            sa_exc.OperationalError
-            | sa_exc.InterfaceError
-            | sa_exc.DisconnectionError
-            | sa_exc.TimeoutError
-            | OSError
-            | RuntimeError,
-        )
+        """Whether retrying later may succeed, as opposed to a row the database rejects (see ``sql_errors``).
+
+        The connection, the server's state (read-only, shutting down), permissions, a
+        missing table (someone may create it) and deadlines are transient.
+        """
+        return sql_errors.is_transient(exc)
 
     # -- writing -------------------------------------------------------------------------
 
     def store(self, records: Sequence[UsageRecord]) -> None:
-        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL)."""
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL).
+
+        A batch from the storage writer carries a ``batch_id``, recorded in the same
+        transaction, so a retry after a lost COMMIT answer never writes it twice.
+        """
         if not records:
             return
-        inserter = self._inserter()
+        batch_id: str | None = getattr(records, "batch_id", None)
+        try:
+            # No liveness check of the pooled connection first: a dead one fails the attempt, which is retried.
+            with self._deadline(ping=False):
+                # Inside the deadline: looking at the table (first use, or after it vanished) talks to the database.
+                self._write(self._inserter(), records, batch_id)
+        except AlreadyWritten:
+            return
+        except sa_exc.DBAPIError as exc:
+            if sql_errors.is_missing_table(exc):
+                self._forget_table()
+            raise
+        if self._batch_log.prune_due():
+            try:
+                with self._deadline():
+                    self._batch_log.prune(self.engine)
+            except (sa_exc.SQLAlchemyError, WriteTimeout) as exc:
+                logger.info("could not delete old batch ids (%s); will try again in an hour", type(exc).__name__)
+
+    @contextlib.contextmanager
+    def _deadline(self, *, ping: bool = True) -> Iterator[None]:
+        """Abandon the block's database calls after ``write_timeout``, raising :class:`WriteTimeout`."""
+        with watchdog.guard(self.write_timeout, ping=ping) as attempt:
+            try:
+                yield
+            except AlreadyWritten:
+                raise
+            except Exception as exc:
+                if attempt.expired:
+                    raise WriteTimeout(f"no answer from the database within {self.write_timeout} s") from exc
+                raise
+
+    def _write(self, inserter: Inserter, records: Sequence[UsageRecord], batch_id: str | None) -> None:
         for hook in self.batch_hooks:
             prepare = getattr(hook, "prepare", None)
             if prepare is not None:
-                prepare(self.engine)
+                prepare(self.engine)  # its summary tables, made once
         with self.engine.begin() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            watchdog.attach(dbapi_connection)
+            if batch_id is not None and inserter.batch_ids:
+                self._batch_log.claim(conn, batch_id)
             inserter.insert(conn, records)
             for hook in self.batch_hooks:
                 hook(conn, records)
@@ -489,6 +577,7 @@ class SQLStorage:
         if cached is not None and cached[0] is state:
             return cached[1]
         inserter = Inserter(self.table, [c for c in state.columns if c != "id"], state.widths, self.engine.dialect)
+        inserter.batch_ids = state.batch_ids
         self._inserter_for = (state, inserter)
         return inserter
 
@@ -825,40 +914,18 @@ class SQLStorage:
 # -- engine ---------------------------------------------------------------------------------
 
 
-def _make_engine(conn_str: str, options: dict[str, Any]) -> sa.Engine:
-    url = sa.make_url(conn_str)
-    options.setdefault("pool_pre_ping", True)  # a restarted database must not cost a failed batch
-    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        # One shared connection, or the writer thread would get an empty database of its own.
-        options.setdefault("poolclass", StaticPool)
-        options.setdefault("connect_args", {"check_same_thread": False})
-        options.pop("pool_pre_ping", None)
-    engine = sa.create_engine(url, **options)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
-    return engine
+def _refuse_private_memory_database(engine: sa.Engine) -> None:
+    """An in-memory SQLite engine whose pool gives each thread its own database loses every row."""
+    url = engine.url
+    memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+    if memory and (isinstance(engine.pool, SingletonThreadPool) or not isinstance(engine.pool, StaticPool)):
+        raise ValueError(
+            "an in-memory SQLite engine gives each thread a database of its own, so the writer's rows "
+            "would never be seen: pass SQLStorage('sqlite://') (one shared connection) or use a file"
+        )
 
 
-def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
-    """WAL journal, fsync at checkpoints, and a wait instead of an error when locked.
-
-    With SQLite's defaults every batch costs several fsyncs, readers (``get_usage``)
-    block the writer, and two gunicorn workers writing one file fail with "database is
-    locked". WAL with ``synchronous=NORMAL`` is SQLite's own advice for this: a
-    committed batch survives a crash of the app; a power cut may lose the last ones.
-    """
-    cursor = dbapi_connection.cursor()
-    try:
-        # The busy timeout first: switching to WAL takes a lock that another process
-        # opening the same file at the same moment (gunicorn workers) may hold.
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
-
-
-def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
+def _reflect(inspector: sa.Inspector, table: sa.Table, batch_ids: bool = True) -> _TableState:
     columns: list[str] = []
     widths: dict[str, int] = {}
     # SQLite keeps text whole whatever width a column declares, and upgrade_table cannot change a
@@ -874,12 +941,7 @@ def _reflect(inspector: sa.Inspector, table: sa.Table) -> _TableState:
             widths[name] = min(length, COLUMN_WIDTHS[name]) if isinstance(length, int) else COLUMN_WIDTHS[name]
     if "datetime" not in columns or "id" not in columns:
         raise RuntimeError(f"table {table.name!r} exists but is not a usage table (no id or datetime column)")
-    return _TableState(tuple(columns), widths)
-
-
-def _mysql_error_code(exc: sa_exc.DBAPIError) -> int | None:
-    args = getattr(exc.orig, "args", None)
-    return args[0] if args and isinstance(args[0], int) else None
+    return _TableState(tuple(columns), widths, batch_ids)
 
 
 # -- rows read back -----------------------------------------------------------------------
@@ -938,7 +1000,10 @@ def _as_utc(name: str, value: datetime | date | None) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        try:
+            return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        except OverflowError:  # datetime.min with a positive offset, datetime.max with a negative one
+            raise ValueError(f"{name} is out of range once converted to UTC: {value!r}") from None
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     raise ValueError(f"{name} must be a datetime or a date, got {type(value).__name__}: {value!r}")
@@ -971,9 +1036,12 @@ def _period_expression(dialect: str, period: str, column: sa.ColumnElement[Any])
 # -- argument checks ------------------------------------------------------------------------
 
 
+_MAX_COUNT = 2**31 - 1  # the largest LIMIT every database takes; (page - 1) * limit then fits a 64-bit OFFSET
+
+
 def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
+        raise ValueError(f"{name} must be an integer of at least 1 and at most {_MAX_COUNT}, got {value!r}")
 
 
 def _filter_values(name: str, value: Any) -> list[Any]:
@@ -982,10 +1050,13 @@ def _filter_values(name: str, value: Any) -> list[Any]:
         raise ValueError(f"{name} filter is an empty list")
     for item in values:
         if name == "status":
-            if isinstance(item, bool) or not isinstance(item, int):
+            if isinstance(item, bool) or not isinstance(item, int) or not -(2**31) <= item < 2**31:
                 raise ValueError(f"status must be an integer HTTP status or a list of them, got {item!r}")
         elif not isinstance(item, str):
             raise ValueError(f"{name} must be a string or a list of strings, got {item!r}")
+    if name != "status":
+        # As stored: without NUL (PostgreSQL refuses it in text) and cut to the column's width.
+        values = [clean_text(v, COLUMN_WIDTHS.get(name)) for v in values]
     if name == "method":
         values = [v.upper() for v in values]
     return values

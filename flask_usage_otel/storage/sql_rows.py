@@ -76,7 +76,16 @@ TRUNCATED_JSON_KEY = "_truncated"
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 # Characters quote(path, safe="/:@!$&()*+,;=~") would change; most paths have none and skip quoting.
 _PATH_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&()*+,;=]").search
-_language = lru_cache(maxsize=1024)(first_language)
+_cached_language = lru_cache(maxsize=1024)(first_language)
+_MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
+
+
+def _language(accept_language: str | None) -> str | None:
+    if accept_language is not None and len(accept_language) > _MAX_CACHED_LANGUAGE:
+        return first_language(accept_language)
+    return _cached_language(accept_language)
+
+
 _EPOCH = datetime(1970, 1, 1)
 # Values each plain column takes, to find the bind processors that change nothing for them.
 _PLAIN_SAMPLES: dict[str, tuple[Any, ...]] = {
@@ -266,6 +275,14 @@ def _picker(order: Sequence[str], wanted: Sequence[str]) -> Callable[[tuple[Any,
 # -- sending a batch ------------------------------------------------------------------------
 
 
+def _raw_identifier(preparer: Any, name: str) -> str:
+    """``name`` quoted for the driver as it is, ``%`` not doubled (SQLAlchemy's quoting doubles it for
+    format/pyformat drivers; done below only where the driver will format the statement)."""
+    return (
+        f"{preparer.initial_quote}{name.replace(preparer.escape_quote, preparer.escape_to_quote)}{preparer.final_quote}"
+    )
+
+
 class Inserter:
     """Writes batches of records into ``table`` (only ``columns``) on a connection inside a transaction.
 
@@ -295,8 +312,10 @@ class Inserter:
                 if process is not None and (process := _cheaper_processor(name, process)) is not None:
                     processors[name] = process
         self.builder = RowBuilder(columns, widths, processors)
-        names = ", ".join(preparer.quote(c) for c in self.builder.columns)
-        target = preparer.format_table(table)
+        names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
+        target = _raw_identifier(preparer, table.name)
+        if table.schema:
+            target = f"{_raw_identifier(preparer, table.schema)}.{target}"
         if self.method == "copy":
             self.sql = f"COPY {target} ({names}) FROM STDIN"
         else:
@@ -305,6 +324,7 @@ class Inserter:
                 names, target = names.replace("%", "%%"), target.replace("%", "%%")
             self.sql = f"INSERT INTO {target} ({names}) VALUES ({', '.join([marker] * len(self.builder.columns))})"
         self._table = table
+        self.batch_ids = True  # the storage sets it: whether the batch-id table exists
 
     def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
         """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""

@@ -4,7 +4,8 @@
 ``/echo/<path>``, which answers with what the app saw of the request, so a tracked and an
 untracked server can be compared byte for byte, and ``/healthz`` (never tracked), which the
 gunicorn harness polls, and ``/pid``, which names the worker that answered.
-``USAGE_DB_URL`` in the environment turns SQL storage on.
+``USAGE_DB_URL`` in the environment turns SQL storage on (table ``USAGE_TABLE``, default ``flask_usage``;
+``USAGE_CREATE_TABLE`` creates it when the app is made, as apps that create their tables at import do).
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def create_app(tracked: bool = True, config: dict[str, Any] | None = None, otel:
 
     if tracked:
         db_url = os.environ.get("USAGE_DB_URL")
-        storage = SQLStorage(db_url) if db_url else None
+        table = os.environ.get("USAGE_TABLE", "flask_usage")
+        storage = SQLStorage(db_url, table_name=table) if db_url else None
+        if storage is not None and os.environ.get("USAGE_CREATE_TABLE"):
+            storage.create_table()  # uses the pool before gunicorn --preload forks the workers
         TrackUsage(app, storage, tracer_provider=_discarding_tracer_provider() if otel else None)
     return app
 

@@ -1,7 +1,8 @@
 """Faults under load, with real gunicorn workers writing SQL rows to a real PostgreSQL on loopback.
 
-- PostgreSQL stopped and restarted mid-load: no request fails, and every request ends up either as
-  exactly one row or as one count in ``flask_usage_storage_rows_dropped_total``.
+- PostgreSQL unreachable mid-load (a TCP proxy in front of it refuses and resets every connection, as a
+  stopped server does; the shared server itself keeps running): no request fails, and every request ends
+  up either as exactly one row or as one count in ``flask_usage_storage_rows_dropped_total``.
 - A table locked for seconds: requests do not wait for the database (p99 compared with and without).
 - A worker killed with SIGKILL: the others keep serving, counters never go backwards, and what is lost
   is exactly the rows the killed worker still had queued; a SIGTERM loses nothing.
@@ -33,8 +34,7 @@ from tests.integration.gunicorn_harness import (
 )
 from tests.integration.load import Load, p99
 from tests.integration.servers import wait_until
-from tests.storage.conftest import postgres_cluster
-from tests.storage.test_postgres_outage import pg_ctl
+from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -78,30 +78,24 @@ def storage_counters(server: Gunicorn) -> dict[str, float]:
     return {name: value for (name, _labels), value in samples.items() if name.startswith("flask_usage_storage_")}
 
 
-def accepts_connections(url: str) -> bool:
-    with psycopg.connect(libpq_url(url), connect_timeout=2) as conn:
-        return conn.execute("SELECT 1").fetchone() == (1,)
-
-
 def libpq_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def test_postgres_stopped_mid_load_loses_no_request_and_counts_every_row(tmp_path: Path, database: str) -> None:
-    if postgres_cluster() is None:
-        pytest.skip("no Debian PostgreSQL cluster to stop and start")
-    env = {"USAGE_DB_URL": database}
+def test_postgres_unreachable_mid_load_loses_no_request_and_counts_every_row(tmp_path: Path, database: str) -> None:
+    proxy = TcpProxy(5432)
+    proxied = sa.make_url(database).set(port=proxy.port).render_as_string(hide_password=False)
+    env = {"USAGE_DB_URL": proxied}
     spec = app_spec(FAST_WRITER)
-    with run_gunicorn(tmp_path, workers=WORKERS, multiproc_dir=tmp_path, extra_env=env, app=spec) as server:
+    with proxy, run_gunicorn(tmp_path, workers=WORKERS, multiproc_dir=tmp_path, extra_env=env, app=spec) as server:
         with Load(server.base_url) as load:
             load.wait_for(150)
             try:
-                pg_ctl("stop")
+                proxy.mode = "down"
                 stopped_at = load.count()
-                load.wait_for(stopped_at + 400)  # a bounded amount of traffic while the database is down
+                load.wait_for(stopped_at + 400)  # a bounded amount of traffic while the database is unreachable
             finally:
-                pg_ctl("start")
-                wait_until(lambda: accepts_connections(database), 60, "PostgreSQL to accept connections again")
+                proxy.mode = "pass"
             restarted_at = load.count()
             served_while_down = restarted_at - stopped_at
             load.wait_for(restarted_at + 150)

@@ -123,10 +123,13 @@ def storage(db_url: str, table_name: str) -> Iterator[Any]:
 
 
 def drop_table(engine: Any, name: str) -> None:
-    import sqlalchemy as sa
+    """Drop a usage table and the table of its batch ids (``<name>_batches``)."""
+    from flask_usage_otel.storage.sql_batches import batch_table_name
 
+    quote = engine.dialect.identifier_preparer.quote
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {engine.dialect.identifier_preparer.quote(name)}"))
+        for table in (name, batch_table_name(name)):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(table)}")
 
 
 def make_record(**overrides: Any) -> UsageRecord:

@@ -176,6 +176,7 @@ def test_shutdown_writes_everything_queued_and_refuses_later_rows() -> None:
     assert storage.rows == list(range(50))
     assert not writer.put("late")
     assert writer.rows_dropped == 1
+    assert writer.dropped["shutdown"] == 1
 
 
 def test_shutdown_gives_up_after_its_timeout_when_the_storage_stays_down() -> None:
@@ -185,7 +186,8 @@ def test_shutdown_gives_up_after_its_timeout_when_the_storage_stays_down() -> No
     for i in range(3):
         writer.put(i)
     assert not writer.shutdown(0.2)
-    assert writer.queued == 3
+    # Nothing is left behind uncounted: the three rows are dropped, reason "timeout".
+    assert (writer.queued, writer.rows_dropped, writer.dropped["timeout"]) == (0, 3, 3)
 
 
 def test_no_thread_before_the_first_put() -> None:

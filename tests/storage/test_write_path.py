@@ -74,12 +74,14 @@ def test_rows_match_sqlalchemys_own_insert(storage: SQLStorage) -> None:
     ]
 
 
-def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db_url: str, table_name: str) -> None:
+def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(
+    db_url: str, table_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     table = usage_table(table_name)
     table.append_constraint(sa.CheckConstraint("status <> 599", name=f"ck_{table_name}"))  # the database refuses
     storage = SQLStorage(db_url, table_name=table_name, metadata=table.metadata)
     records = [make_record(path=f"/ok/{i}") for i in range(5)]
-    records.insert(2, make_record(path="/bad", status=599))
+    records.insert(2, make_record(path="/bad", status=599, username="secret-user-value"))
     try:
         storage.create_table()
         with pytest.raises(sa_exc.DBAPIError) as refused:
@@ -95,7 +97,11 @@ def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db_url: str,
         finally:
             writer.shutdown(5)
         assert sorted(row["path"] for row in storage.read_usage()) == [f"/ok/{i}" for i in range(5)]
-        assert (writer.rows_written, writer.rows_dropped) == (5, 1)
+        assert (writer.rows_written, writer.rows_dropped, writer.dropped["rejected"]) == (5, 1, 1)
+        # Logged with the error's type, never the row's values or the statement's parameters.
+        assert "rejected" in caplog.text
+        assert "secret-user-value" not in caplog.text
+        # (The exception itself may quote the row: PostgreSQL's "Failing row contains ..." detail.)
     finally:
         drop_table(storage.engine, table_name)
         storage.engine.dispose()

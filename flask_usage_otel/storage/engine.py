@@ -1,0 +1,149 @@
+"""The engines ``SQLStorage`` uses: deadlines per dialect, no parameters in errors, safe after ``fork``.
+
+- Every database call has a deadline: connecting (``connect_timeout``), each
+  statement (PostgreSQL ``statement_timeout``, PyMySQL ``read_timeout`` /
+  ``write_timeout``, SQLite's busy timeout), TCP keepalives on PostgreSQL, and the
+  watchdog (:mod:`.deadline`) for a peer that never answers at all. The pool's
+  liveness check runs under the watchdog too (SQLAlchemy's own ``pool_pre_ping``
+  has no deadline beyond the driver's).
+- ``hide_parameters=True``: an error message never quotes a row's values.
+- Fork: a pooled connection must not be used by two processes. Every engine a
+  storage made or was given is disposed with ``close=False`` in a forked child
+  (SQLAlchemy's documented recipe), so the child opens its own connections and
+  leaves the parent's sockets alone.
+- In-memory SQLite: one connection shared by every thread; a reader's rollback
+  would discard the writer's open batch, so each use holds the connection alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import StaticPool
+
+from .deadline import watchdog
+
+_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def make_engine(
+    conn_str: str, options: dict[str, Any], *, connect_timeout: float | None, statement_timeout: float | None
+) -> sa.Engine:
+    """An engine for ``conn_str`` with the deadlines above; ``options`` (``create_engine`` keywords) win."""
+    url = sa.make_url(conn_str)
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    options.setdefault("hide_parameters", True)
+    connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+    memory = backend == "sqlite" and url.database in (None, "", ":memory:")
+    if memory:
+        # One shared connection, or the writer thread would get an empty database of its own.
+        options.setdefault("poolclass", ExclusiveStaticPool)
+        connect_args.setdefault("check_same_thread", False)
+    elif backend == "postgresql" and driver == "psycopg":
+        if connect_timeout:
+            connect_args.setdefault("connect_timeout", max(2, math.ceil(connect_timeout)))  # libpq: whole seconds
+        connect_args.setdefault("keepalives", 1)
+        connect_args.setdefault("keepalives_idle", 10)
+        connect_args.setdefault("keepalives_interval", 5)
+        connect_args.setdefault("keepalives_count", 3)
+        if statement_timeout and "options" not in connect_args and "options" not in url.query:
+            connect_args["options"] = f"-c statement_timeout={math.ceil(statement_timeout * 1000)}"
+    elif backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
+        if connect_timeout:
+            connect_args.setdefault("connect_timeout", max(1, math.ceil(connect_timeout)))
+        if statement_timeout:
+            connect_args.setdefault("read_timeout", max(1, math.ceil(statement_timeout)))
+            connect_args.setdefault("write_timeout", max(1, math.ceil(statement_timeout)))
+    elif backend == "sqlite" and statement_timeout:
+        connect_args.setdefault("timeout", statement_timeout)  # how long to wait for a lock
+    engine = sa.create_engine(url, connect_args=connect_args, **options)
+    if backend == "sqlite" and not memory:
+        sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
+    elif "pool_pre_ping" not in options:  # the caller's own choice wins
+        ping_timeout = statement_timeout or connect_timeout
+        sa.event.listen(engine, "checkout", lambda dbapi, record, proxy: _ping(dbapi, ping_timeout))
+    register_engine(engine)
+    return engine
+
+
+def register_engine(engine: sa.Engine) -> None:
+    """Make ``engine`` safe to use after ``fork`` (its pool is emptied in the child)."""
+    _engines.add(engine)
+
+
+def _ping(dbapi_connection: Any, seconds: float | None) -> None:
+    """A pooled connection's liveness check, under a deadline; a failure makes the pool reconnect."""
+    watchdog.attach(dbapi_connection)
+    if not watchdog.wants_ping():
+        return
+    try:
+        with watchdog.guard(seconds):
+            watchdog.attach(dbapi_connection)
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+            finally:
+                cursor.close()
+    except Exception as exc:
+        raise sa_exc.DisconnectionError(f"connection check failed: {type(exc).__name__}") from None
+
+
+class ExclusiveStaticPool(StaticPool):
+    """SQLAlchemy's ``StaticPool`` (one connection for every thread), lent to one user at a time.
+
+    The lock is taken before the connection is handed out and released when it is
+    back (after its reset-on-return rollback), so a reader's rollback can never
+    discard another thread's open transaction.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exclusive = threading.RLock()
+
+    def _do_get(self) -> Any:
+        self._exclusive.acquire()
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._exclusive.release()
+            raise
+
+    def _do_return_conn(self, record: Any) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._exclusive.release()
+
+
+def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
+    """WAL journal and fsync at checkpoints.
+
+    With SQLite's defaults every batch costs several fsyncs, readers (``get_usage``)
+    block the writer, and two gunicorn workers writing one file fail with "database is
+    locked". WAL with ``synchronous=NORMAL`` is SQLite's own advice for this: a
+    committed batch survives a crash of the app; a power cut may lose the last ones.
+    The busy timeout (wait instead of failing when locked) comes from the driver's
+    ``timeout``, the storage's ``statement_timeout``.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _dispose_after_fork() -> None:
+    for engine in list(_engines):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_after_fork)

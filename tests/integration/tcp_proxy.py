@@ -1,0 +1,195 @@
+"""A TCP proxy on loopback that a test steers, to break the path to a real database server.
+
+Modes (``proxy.mode = ...``):
+
+- ``"pass"``: bytes flow both ways;
+- ``"blackhole"``: the connections stay open, everything sent is accepted and nothing
+  ever comes back (a dead peer behind a stuck NAT or proxy); new connections are
+  accepted and never answered either;
+- ``"down"``: as a stopped server: open connections are reset, new ones are reset at once;
+
+and one-shot faults:
+
+- ``proxy.cut_after_commit()``: the next ``COMMIT`` a client sends reaches the server,
+  which commits; its answer is thrown away and the connection reset, so the client
+  cannot know the outcome;
+- ``proxy.reset_all()``: every open connection is reset (RST) at once.
+
+Leaving the black hole resets the connections caught in it, as a recovering network
+path does to connections whose peers gave up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from typing import Any
+
+
+class TcpProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._mode = "pass"
+        self._lock = threading.Lock()
+        self._pairs: list[_Pair] = []
+        self._cut_armed = False
+        self.cuts = 0
+        self.connections = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    # -- steering ----------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        assert value in ("pass", "blackhole", "down")
+        with self._lock:
+            leaving_blackhole = self._mode == "blackhole" and value != "blackhole"
+            self._mode = value
+            pairs = list(self._pairs)
+        if leaving_blackhole or value == "down":
+            for pair in pairs:
+                pair.reset()
+
+    def cut_after_commit(self) -> None:
+        with self._lock:
+            self._cut_armed = True
+
+    def reset_all(self) -> int:
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            pair.reset()
+        return len(pairs)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.reset_all()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self._mode == "down":
+                _reset(client)
+                continue
+            if self._mode == "blackhole":
+                pair = _Pair(self, client, None)
+            else:
+                try:
+                    server = socket.create_connection(self.upstream, timeout=5)
+                    server.settimeout(None)
+                except OSError:
+                    _reset(client)
+                    continue
+                pair = _Pair(self, client, server)
+            with self._lock:
+                self._pairs.append(pair)
+            pair.start()
+
+    def _take_cut(self, data: bytes) -> bool:
+        with self._lock:
+            if self._cut_armed and b"COMMIT" in data.upper():
+                self._cut_armed = False
+                self.cuts += 1
+                return True
+        return False
+
+    def _forget(self, pair: _Pair) -> None:
+        with self._lock:
+            if pair in self._pairs:
+                self._pairs.remove(pair)
+
+
+class _Pair:
+    """One client connection and its upstream connection, pumped by two threads."""
+
+    def __init__(self, proxy: TcpProxy, client: socket.socket, server: socket.socket | None) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.server = server
+        self.cut_pending = False
+        self.blackholed = server is None
+        self._done = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._pump_up, daemon=True).start()
+        if self.server is not None:
+            threading.Thread(target=self._pump_down, daemon=True).start()
+
+    def _pump_up(self) -> None:
+        """Client to server."""
+        try:
+            while True:
+                data = self.client.recv(65536)
+                if not data:
+                    break
+                if self.blackholed or self.proxy.mode == "blackhole":
+                    self.blackholed = True
+                    continue  # swallowed: the client hears nothing back
+                if self.proxy._take_cut(data):
+                    self.cut_pending = True
+                assert self.server is not None
+                self.server.sendall(data)
+        except OSError:
+            pass
+        self.reset()
+
+    def _pump_down(self) -> None:
+        """Server to client."""
+        assert self.server is not None
+        try:
+            while True:
+                data = self.server.recv(65536)
+                if not data:
+                    break
+                if self.cut_pending:
+                    break  # the server answered the COMMIT: it committed; the client never learns it
+                if self.blackholed or self.proxy.mode == "blackhole":
+                    self.blackholed = True
+                    continue
+                self.client.sendall(data)
+        except OSError:
+            pass
+        self.reset()
+
+    def reset(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        _reset(self.client)
+        if self.server is not None:
+            _reset(self.server)
+        self.proxy._forget(self)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST, as a peer that gave up does."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
