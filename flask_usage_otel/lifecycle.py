@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import g, got_request_exception, request
+from flask import g, got_request_exception, request, request_finished
+from werkzeug.local import LocalProxy
 from werkzeug.wrappers import Response as WerkzeugResponse
 from werkzeug.wsgi import ClosingIterator
 
@@ -165,6 +166,8 @@ class RequestTracker:
             # Flask runs after_request functions in reverse: ours runs last and sees the final user.
             app.after_request_funcs.setdefault(None, []).insert(0, self.after_request)
         got_request_exception.connect(self.on_exception, app)
+        if self._wants_details:
+            request_finished.connect(self.on_response, app)
 
     def _wrap(self, app: Flask) -> None:
         self._inner = app.wsgi_app
@@ -297,6 +300,20 @@ class RequestTracker:
         except Exception:
             self._hook_failed("got_request_exception")
 
+    def on_response(self, sender: Any, response: Any = None, **extra: Any) -> None:
+        """``request_finished``: the response is made and the request context still exists.
+
+        ``g.track_var`` is copied here, while a value bound to the request context (the
+        session, any ``LocalProxy``) can still be read: the request finishes after Flask has
+        popped the context, when such a value can no longer be turned into plain data.
+        """
+        try:
+            exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
+            if exchange is not None and exchange.state is not None and exchange.g is not None:
+                exchange.state.track_var = _track_var_of(exchange.g, resolve=True)
+        except Exception:
+            self._hook_failed("request_finished")
+
     def after_request(self, response: Response) -> Response:
         try:
             exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
@@ -376,10 +393,8 @@ class RequestTracker:
 
     def _capture_details(self, state: RequestState, ctx_g: Any) -> None:
         """Copy what the record needs from the request, ``g.track_var`` and the user."""
-        if ctx_g is not None:
-            track_var = ctx_g.__dict__.get("track_var")
-            if track_var:
-                state.track_var = dict(track_var) if isinstance(track_var, dict) else {"value": track_var}
+        if ctx_g is not None and state.track_var is None:  # not copied at request_finished (an error page)
+            state.track_var = _track_var_of(ctx_g, resolve=False)
         capture = self._capture_user
         if capture == "id" or capture == "basic_auth":
             state.username = _established_user(ctx_g)
@@ -506,3 +521,24 @@ def _basic_auth_user(environ: dict[str, Any]) -> str | None:
 
     auth = Authorization.from_header(header)
     return auth.username if auth is not None else None
+
+
+def _track_var_of(ctx_g: Any, *, resolve: bool) -> dict[str, Any] | None:
+    """A copy of ``g.track_var`` (None when empty); with ``resolve``, context-bound values read now."""
+    track_var = ctx_g.__dict__.get("track_var")
+    if not track_var:
+        return None
+    if not isinstance(track_var, dict):
+        track_var = {"value": track_var}
+    if not resolve:
+        return dict(track_var)
+    return {key: _resolved(value) for key, value in track_var.items()}
+
+
+def _resolved(value: Any) -> Any:
+    if isinstance(value, LocalProxy):
+        try:
+            return value._get_current_object()  # type: ignore[attr-defined]
+        except Exception:  # nothing behind it: the storage sink drops the row as unserialisable
+            return value
+    return value

@@ -264,11 +264,17 @@ class _DropCounter:
         def set(self, value: float) -> None:
             pass
 
+        def labels(self, *values: str) -> _DropCounter._Nothing:
+            return self
+
     def __init__(self, dropped: Any) -> None:
         nothing = self._Nothing()
         self.storage_rows_dropped = dropped
+        # Every other metric BatchWriter updates: the storage's own, not this sink's.
+        self.storage_dropped = nothing
         self.storage_rows_written = nothing
         self.storage_write_errors = nothing
+        self.storage_write_timeouts = nothing
         self.storage_queue_rows = nothing
 
 

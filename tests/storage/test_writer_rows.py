@@ -92,7 +92,7 @@ def test_poisoned_values_drop_their_own_row_only(tmp_path: Path, caplog: pytest.
         with app.app_context():
             assert tracker.flush(10)
     writer = writer_of(tracker, app)
-    rows = storage.get_usage(limit=1000)
+    rows = storage.read_usage(limit=1000)
     assert sorted(r["path"] for r in rows) == sorted([f"/ok/{n}" for n in range(30)] + ["/session"] * 30)
     assert writer.dropped["unserialisable"] == 30
     assert writer.rows_dropped == 30
