@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from ..columns import COLUMN_WIDTHS
 from ..privacy import Anonymizer, stored_addresses
 from .queries import chain_entry, check_positive_int, naive_utc
 from .sql_rows import clean_text
@@ -64,7 +65,8 @@ class UsageErasure:
         if remote_addr is not None:
             # First: a refusal must come before anything is deleted.
             addresses = [clean_text(a, None) or "" for a in stored_addresses(remote_addr, anonymizer)]
-            conditions.append(table.c.remote_addr.in_([a[: state.widths.get("remote_addr", 64)] for a in addresses]))
+            width = state.widths.get("remote_addr", COLUMN_WIDTHS["remote_addr"])
+            conditions.append(table.c.remote_addr.in_([a[:width] for a in addresses]))
             if "xforwardedfor" in state.columns:
                 conditions.extend(chain_entry(table.c.xforwardedfor, a) for a in addresses)
         if username is not None:
