@@ -18,6 +18,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .columns import EXPORT_COLUMNS
 from .privacy import ErasureRefused, spreadsheet_safe
 from .storage.base import SUMMARY_BY, SUMMARY_PERIODS
 
@@ -26,37 +27,7 @@ _DURATION_TEXT_RE = re.compile(r"(?:\d+\s*[smhdw]\s*)+")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _PROGRESS_EVERY = 10_000
 
-CSV_COLUMNS = (
-    "id",
-    "date",
-    "method",
-    "url",
-    "path",
-    "route",
-    "endpoint",
-    "blueprint",
-    "view_args",
-    "status",
-    "speed",
-    "content_length",
-    "response_size",
-    "remote_addr",
-    "xforwardedfor",
-    "authorization",
-    "username",
-    "ua_browser",
-    "ua_language",
-    "ua_platform",
-    "ua_version",
-    "user_agent_raw",
-    "server_name",
-    "protocol",
-    "exception",
-    "trace_id",
-    "span_id",
-    "ip_info",
-    "track_var",
-)
+CSV_COLUMNS = EXPORT_COLUMNS
 """Columns of ``flask usage export --format csv``: the nested user agent is flattened, JSON stays JSON."""
 
 

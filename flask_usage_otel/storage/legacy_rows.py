@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import timezone
 from typing import Any
 
+from ..columns import COLUMNS, USER_AGENT_COLUMNS, Kind
 from ..record import UNMATCHED_ROUTE
 
 
@@ -32,28 +33,29 @@ def legacy_usage_dict(row: Mapping[str, Any], dialect: str = "sqlite") -> dict[s
     if view_args is None and get("route") == UNMATCHED_ROUTE and get("view_args") == "{}":
         # Flask-Track-Usage stored request.view_args, which is None when no URL rule matched.
         view_args = "null"
-    return {
-        "url": get("url"),
-        "user_agent": {
-            "browser": get("ua_browser"),
-            "language": get("ua_language"),
-            "platform": get("ua_platform"),
-            "version": get("ua_version"),
-        },
-        "blueprint": get("blueprint"),
+    decoded = {
         "view_args": view_args,
         "status": None if status is None else int(status),
-        "remote_addr": get("remote_addr"),
-        "xforwardedfor": get("xforwardedfor"),
         "authorization": authorization,
         # Flask-Track-Usage wrote ip_info with json.dumps' defaults (ASCII only) and no "{}" rule.
         "ip_info": legacy_json(get("ip_info"), ensure_ascii=True, empty_is_none=False),
-        "path": get("path"),
-        "speed": get("speed"),
-        "date": when.astimezone(timezone.utc).replace(tzinfo=None) if when is not None and when.tzinfo else when,
-        "username": get("username"),
+        "datetime": when.astimezone(timezone.utc).replace(tzinfo=None) if when is not None and when.tzinfo else when,
         "track_var": legacy_json(get("track_var"), ensure_ascii=False),
     }
+    result: dict[str, Any] = {}
+    for name, key, nested in _LEGACY_PLAN:
+        value = decoded[name] if name in decoded else get(name)
+        if nested:
+            result.setdefault("user_agent", {})[key] = value
+        else:
+            result[key] = value
+    return result
+
+
+# (column, key, nested under "user_agent") for Flask-Track-Usage's columns but its id, which it did not return.
+_LEGACY_PLAN = tuple(
+    (c.name, c.key, c.name in USER_AGENT_COLUMNS) for c in COLUMNS if c.is_legacy and c.kind is not Kind.ID
+)
 
 
 def legacy_json(text: str | None, *, ensure_ascii: bool, empty_is_none: bool = True) -> str | None:
