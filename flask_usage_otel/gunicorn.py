@@ -65,7 +65,7 @@ def child_exit(server: Any, worker: Any) -> None:
         return
     from prometheus_client import multiprocess
 
-    from .prometheus_multiprocess import compact_dead_worker
+    from .prometheus.multiprocess import compact_dead_worker
 
     multiprocess.mark_process_dead(worker.pid, path)
     try:

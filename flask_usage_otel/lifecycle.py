@@ -37,9 +37,8 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from werkzeug.wsgi import ClosingIterator
 
 from .filters import RequestFilter, blueprint_of, path_is_excluded
-from .prometheus import method_label
-from .record import UNMATCHED_ROUTE, RecordContext
-from .sinks import RequestState, Sink, overrides
+from .record import UNMATCHED_ROUTE, RecordContext, RequestState, method_label
+from .sinks import Sink, overrides
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response

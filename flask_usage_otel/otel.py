@@ -32,7 +32,7 @@ from flask import after_this_request, has_request_context
 from . import __version__
 from .config import DEFAULT_BUCKETS, ConfigError, Settings
 from .privacy import scrub_span_attributes
-from .prometheus import OTHER
+from .record import OTHER
 from .sinks import RequestState, Sink
 
 if TYPE_CHECKING:

@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.urls import iri_to_uri
 
 from .config import ConfigError
-from .prometheus import STANDARD_METHODS
-from .record import UsageRecord, first_language
+from .record import STANDARD_METHODS, UsageRecord, first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
 
