@@ -408,7 +408,7 @@ def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    from .otel import _resource
+    from .otel.setup import service_resource
 
     if exporter is None:
         try:
@@ -417,7 +417,7 @@ def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
             raise ConfigError(_SETTING, "needs opentelemetry-exporter-otlp-proto-http (the otel extra)") from None
         exporter = OTLPLogExporter()
     counter = CountingExporter(exporter)
-    provider = LoggerProvider(resource=_resource(service_name))
+    provider = LoggerProvider(resource=service_resource(service_name))
     provider.add_log_record_processor(BatchLogRecordProcessor(counter, max_queue_size=SDK_QUEUE_SIZE))  # type: ignore[arg-type]
     _pipelines[provider] = counter
     return provider
