@@ -363,7 +363,7 @@ def create_log_sink(
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
-    from . import __version__
+    from ._version import __version__
 
     provider = logger_provider
     if provider is None:

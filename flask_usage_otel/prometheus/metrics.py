@@ -11,7 +11,7 @@ import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import __version__
+from .._version import __version__
 from ..config import ConfigError, Settings
 
 LABELS = ("method", "route", "blueprint", "status")
