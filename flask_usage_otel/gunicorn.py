@@ -9,7 +9,7 @@ Use them from a ``gunicorn.conf.py`` (``examples/gunicorn.conf.py`` is a ready-m
   new run's counters and keep old label sets (an old version's ``flask_usage_info``) alive.
 - ``child_exit`` (master, per worker): marks the worker dead, so the in-progress gauge
   (``livesum``) stops counting its requests, and folds its counters and histograms into
-  one archive file per type (``prometheus_multiprocess``): totals stay exact when a worker
+  one archive file per type (``prometheus/multiprocess.py``): totals stay exact when a worker
   is replaced, and the directory stays small however many workers ``max_requests`` recycles.
 - ``worker_exit`` (worker, on a graceful stop): writes out the rows still queued for
   storage before the process ends.
@@ -65,7 +65,7 @@ def child_exit(server: Any, worker: Any) -> None:
         return
     from prometheus_client import multiprocess
 
-    from .prometheus_multiprocess import compact_dead_worker
+    from .prometheus.multiprocess import compact_dead_worker
 
     multiprocess.mark_process_dead(worker.pid, path)
     try:

@@ -23,23 +23,20 @@ went through the wrapper, counted as they pass, never buffered.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import g, got_request_exception, request, request_finished
-from werkzeug.local import LocalProxy
-from werkzeug.wrappers import Response as WerkzeugResponse
-from werkzeug.wsgi import ClosingIterator
 
+from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded
-from .prometheus import method_label
-from .record import UNMATCHED_ROUTE, RecordContext
-from .sinks import RequestState, Sink, overrides
+from .record import UNMATCHED_ROUTE, RecordContext, RequestState, method_label
+from .request_details import basic_auth_user, established_user, track_var_of
+from .sinks import Sink, overrides
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -60,66 +57,6 @@ _INTERNAL_ERROR = "500 INTERNAL SERVER ERROR"
 class _EndpointInfo:
     tracked: bool
     blueprint: str | None
-
-
-class _Exchange:
-    """One request through the wrapper: its tracking state, what the app answered, its body.
-
-    It is also the body handed to the server, counting the bytes as they pass and
-    finishing the request when the server closes it. Most fields start as class
-    defaults, so making one per request costs four stores.
-    """
-
-    decided = False
-    """Whether admission ran (tracked or not)."""
-    state: RequestState | None = None
-    """The tracked request's state; None when it is not tracked."""
-    g: Any = None
-    status: str | None = None
-    headers: list[tuple[str, str]] | None = None
-    body: Iterable[bytes] | None = None
-    sent = 0
-    finished = False
-
-    def __init__(self, tracker: RequestTracker, start_response: Callable[..., Any]) -> None:
-        self.start = time.perf_counter()
-        self.timestamp = time.time()
-        self.tracker = tracker
-        self._start_response = start_response
-
-    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        # The last call wins: an app may start again with exc_info before any byte is sent.
-        self.status = status
-        self.headers = headers
-        return self._start_response(status, headers, exc_info)
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self.body:  # type: ignore[union-attr]
-                self.sent += len(chunk)
-                yield chunk
-        except Exception as exc:  # the body failed mid-way; the server aborts the response
-            self.tracker.body_failed(self, exc)
-            raise
-        # The last byte is handed over: finish now rather than at close(), so that a
-        # caller that reads the body and never closes it (a test client) sees the record.
-        self.tracker.finish(self)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.tracker.finish(self)
-
-    def __del__(self) -> None:
-        # Dropped unread and unclosed (a test response never read, a server that breaks
-        # PEP 3333): finish anyway, so the request is counted and leaves no gauge behind.
-        if not self.finished:
-            # At interpreter exit modules may be gone: never raise from __del__.
-            with contextlib.suppress(Exception):
-                self.tracker.finish(self)
 
 
 @dataclass
@@ -188,7 +125,7 @@ class RequestTracker:
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """``app.wsgi_app``, tracked: starts the request's tracking and finishes it once."""
-        exchange = _Exchange(self, start_response)
+        exchange = Exchange(self, start_response)
         environ[self.environ_key] = exchange
         try:
             body = self._inner(environ, exchange.start_response)  # type: ignore[misc]
@@ -203,11 +140,11 @@ class RequestTracker:
         state = exchange.state
         if state is None:
             return body  # not tracked: the body goes out untouched
-        if _in_memory(body):
+        if in_memory(body):
             # Flask's usual response: the body is a few bytes already in memory, every hook
             # and teardown has run, nothing is left to time. Finishing here keeps the body
             # unwrapped (no per-chunk cost) and the record visible as soon as the app returns.
-            exchange.sent = 0 if state.method == "HEAD" else _content_length(exchange.headers)
+            exchange.sent = 0 if state.method == "HEAD" else declared_length(exchange.headers)
             self.finish(exchange)
             return body
         file_wrapper = environ.get("wsgi.file_wrapper")
@@ -216,7 +153,7 @@ class RequestTracker:
         exchange.body = body
         return exchange
 
-    def _unwind(self, exchange: _Exchange, environ: dict[str, Any], exc: BaseException | None) -> None:
+    def _unwind(self, exchange: Exchange, environ: dict[str, Any], exc: BaseException | None) -> None:
         """The app returned or raised: tear down every sink; finish now if it raised."""
         try:
             if not exchange.decided:
@@ -238,13 +175,13 @@ class RequestTracker:
         if exc is not None:
             self.finish(exchange)
 
-    def _pass_file_through(self, exchange: _Exchange, body: Any) -> Any:
+    def _pass_file_through(self, exchange: Exchange, body: Any) -> Any:
         """A server's ``wsgi.file_wrapper`` goes back as it is, so the server can still use sendfile().
 
         The server sends the file without the bytes passing through Python: its size is
         the ``Content-Length`` the app declared, and it finishes when the server closes it.
         """
-        exchange.sent = _content_length(exchange.headers)
+        exchange.sent = declared_length(exchange.headers)
         original = getattr(body, "close", None)
 
         def close() -> None:
@@ -310,7 +247,7 @@ class RequestTracker:
         try:
             exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
             if exchange is not None and exchange.state is not None and exchange.g is not None:
-                exchange.state.track_var = _track_var_of(exchange.g, resolve=True)
+                exchange.state.track_var = track_var_of(exchange.g, resolve=True)
         except Exception:
             self._hook_failed("request_finished")
 
@@ -323,7 +260,7 @@ class RequestTracker:
             self._hook_failed("after_request")
         return response
 
-    def _admit(self, exchange: _Exchange, req: Request) -> None:
+    def _admit(self, exchange: Exchange, req: Request) -> None:
         """Decide once whether the request is tracked; start the sinks of a tracked one."""
         exchange.decided = True
         rule = req.url_rule
@@ -357,13 +294,13 @@ class RequestTracker:
 
     # -- finishing --------------------------------------------------------------------
 
-    def body_failed(self, exchange: _Exchange, exc: BaseException) -> None:
+    def body_failed(self, exchange: Exchange, exc: BaseException) -> None:
         """The body raised while being sent: the client got a cut response."""
         state = exchange.state
         if state is not None:
             _note_error(state, exc)
 
-    def finish(self, exchange: _Exchange) -> None:
+    def finish(self, exchange: Exchange) -> None:
         """Hand the finished request to every sink, exactly once per request."""
         if exchange.finished:
             return
@@ -374,7 +311,7 @@ class RequestTracker:
             return
         try:
             state.speed = time.perf_counter() - state.start
-            state.status = _status_code(exchange.status)
+            state.status = status_code(exchange.status)
             state.response_size = exchange.sent
             if self._wants_details:
                 self._capture_details(state, exchange.g)
@@ -394,12 +331,12 @@ class RequestTracker:
     def _capture_details(self, state: RequestState, ctx_g: Any) -> None:
         """Copy what the record needs from the request, ``g.track_var`` and the user."""
         if ctx_g is not None and state.track_var is None:  # not copied at request_finished (an error page)
-            state.track_var = _track_var_of(ctx_g, resolve=False)
+            state.track_var = track_var_of(ctx_g, resolve=False)
         capture = self._capture_user
         if capture == "id" or capture == "basic_auth":
-            state.username = _established_user(ctx_g)
+            state.username = established_user(ctx_g)
             if state.username is None and capture == "basic_auth":
-                state.username = _basic_auth_user(state.request.environ)
+                state.username = basic_auth_user(state.request.environ)
         state.capture()
 
     def _callable_user(self) -> str | None:
@@ -444,101 +381,3 @@ def _note_error(state: RequestState, exc: BaseException) -> None:
     if state.error is None and state.exception is None:
         state.error = exc
         state.exception = type(exc).__name__
-
-
-def _status_code(status: str | None) -> int:
-    """The code of a WSGI status line; 500 when the app never started a response."""
-    if status is None:
-        return 500
-    try:
-        return int(status[:3])
-    except ValueError:
-        return 500
-
-
-def _in_memory(body: Any) -> bool:
-    """Whether a WSGI body Flask returned is a sequence already in memory, not a stream or a file.
-
-    Flask returns ``ClosingIterator(response.iter_encoded(), response.close)``: the response
-    is the owner of that ``close``. An error page Flask made from an ``HTTPException`` (404,
-    405, ``abort(403)``, the 500 page) is a response whose body is, in turn, a
-    ``ClosingIterator`` over the page's own response: in memory too when that one is a
-    sequence. ``abort(Response(stream))`` is not, and is timed and counted as it streams.
-    """
-    for _ in range(6):  # each wrapping adds a level or two; never loop forever
-        if type(body) is not ClosingIterator:
-            return False
-        inner: Any = None
-        for callback in body._callbacks:  # the wrapped iterable's close() and the response's
-            owner = getattr(callback, "__self__", None)
-            if isinstance(owner, WerkzeugResponse):
-                if owner.direct_passthrough:
-                    return False
-                if owner.is_sequence:
-                    return True
-                inner = owner.response
-            elif type(owner) is ClosingIterator:
-                inner = owner
-        body = inner
-    return False
-
-
-def _content_length(headers: list[tuple[str, str]] | None) -> int:
-    # Werkzeug adds Content-Length last, spelled so: look there first.
-    for name, value in reversed(headers or ()):
-        if name == "Content-Length" or (len(name) == 14 and name.lower() == "content-length"):
-            return int(value) if value.isascii() and value.isdigit() else 0
-    return 0
-
-
-def _established_user(ctx_g: Any) -> str | None:
-    """The id of the user Flask-Login has already loaded for this request, else None.
-
-    Reads ``g._login_user`` only: asking ``current_user`` would run the app's user or
-    request loader (often a database query) on views that never needed the user.
-    """
-    if ctx_g is None:
-        return None
-    user = ctx_g.__dict__.get("_login_user")
-    if user is None:
-        return None
-    try:
-        if not user.is_authenticated:
-            return None
-        user_id = user.get_id()
-    except Exception:  # the app's user model failed: no user, the request is not affected
-        logger.debug("could not read the Flask-Login user", exc_info=True)
-        return None
-    return None if user_id is None else str(user_id)
-
-
-def _basic_auth_user(environ: dict[str, Any]) -> str | None:
-    """The user name of a Basic ``Authorization`` header, as sent: nothing verified it."""
-    header = environ.get("HTTP_AUTHORIZATION")
-    if not header or header[:6].lower() != "basic ":
-        return None
-    from werkzeug.datastructures import Authorization
-
-    auth = Authorization.from_header(header)
-    return auth.username if auth is not None else None
-
-
-def _track_var_of(ctx_g: Any, *, resolve: bool) -> dict[str, Any] | None:
-    """A copy of ``g.track_var`` (None when empty); with ``resolve``, context-bound values read now."""
-    track_var = ctx_g.__dict__.get("track_var")
-    if not track_var:
-        return None
-    if not isinstance(track_var, dict):
-        track_var = {"value": track_var}
-    if not resolve:
-        return dict(track_var)
-    return {key: _resolved(value) for key, value in track_var.items()}
-
-
-def _resolved(value: Any) -> Any:
-    if isinstance(value, LocalProxy):
-        try:
-            return value._get_current_object()  # type: ignore[attr-defined]
-        except Exception:  # nothing behind it: the storage sink drops the row as unserialisable
-            return value
-    return value

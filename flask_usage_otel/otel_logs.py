@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.urls import iri_to_uri
 
 from .config import ConfigError
-from .prometheus import STANDARD_METHODS
-from .record import UsageRecord, first_language
+from .record import STANDARD_METHODS, UsageRecord, first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
 
@@ -364,7 +363,7 @@ def create_log_sink(
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
-    from . import __version__
+    from ._version import __version__
 
     provider = logger_provider
     if provider is None:
@@ -409,7 +408,7 @@ def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    from .otel import _resource
+    from .otel.setup import service_resource
 
     if exporter is None:
         try:
@@ -418,7 +417,7 @@ def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
             raise ConfigError(_SETTING, "needs opentelemetry-exporter-otlp-proto-http (the otel extra)") from None
         exporter = OTLPLogExporter()
     counter = CountingExporter(exporter)
-    provider = LoggerProvider(resource=_resource(service_name))
+    provider = LoggerProvider(resource=service_resource(service_name))
     provider.add_log_record_processor(BatchLogRecordProcessor(counter, max_queue_size=SDK_QUEUE_SIZE))  # type: ignore[arg-type]
     _pipelines[provider] = counter
     return provider

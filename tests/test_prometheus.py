@@ -171,7 +171,7 @@ def test_failing_auth_callable_refuses() -> None:
 def test_auth_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     import hmac
 
-    from flask_usage_otel import prometheus
+    from flask_usage_otel.prometheus import exposition
 
     calls: list[tuple[bytes, bytes]] = []
     real_compare = hmac.compare_digest
@@ -180,7 +180,7 @@ def test_auth_compares_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None
         calls.append((a, b))
         return real_compare(a, b)
 
-    monkeypatch.setattr(prometheus.hmac, "compare_digest", spy)
+    monkeypatch.setattr(exposition.hmac, "compare_digest", spy)
     app, _ = _tracked(TRACK_USAGE_METRICS_AUTH=("scraper", "pw"))
     app.test_client().get("/metrics", headers=_basic("intruder", "pw"))
     assert calls == [(b"intruder", b"scraper"), (b"pw", b"pw")], "both parts compared, each with compare_digest"

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from flask_usage_otel.prometheus_multiprocess import (
+from flask_usage_otel.prometheus.multiprocess import (
     LockedMultiProcessCollector,
     archive_files,
     compact_dead_worker,

@@ -17,7 +17,7 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 
-from flask_usage_otel.prometheus_multiprocess import LockedMultiProcessCollector
+from flask_usage_otel.prometheus.multiprocess import LockedMultiProcessCollector
 from tests.integration.gunicorn_harness import Gunicorn, request_counts, run_gunicorn, scrape
 
 pytestmark = pytest.mark.integration

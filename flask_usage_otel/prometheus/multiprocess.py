@@ -1,4 +1,8 @@
-"""Dead gunicorn workers' metric files folded into one archive per metric type.
+"""Prometheus multiprocess mode (gunicorn): the directory check, and dead workers' files compacted.
+
+:func:`multiprocess_dir` checks ``PROMETHEUS_MULTIPROC_DIR`` at ``init_app``.
+
+Dead gunicorn workers' metric files are folded into one archive per metric type.
 
 In multiprocess mode every worker writes its own ``{type}_{pid}.db`` files in
 ``PROMETHEUS_MULTIPROC_DIR`` and every scrape merges every file. Counter and
@@ -35,6 +39,10 @@ from dataclasses import dataclass
 
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..config import ConfigError
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LOCK_FILE = ".flask_usage_compaction.lock"
 """In the multiprocess directory; not ``*.db``, so no collector ever reads it."""
@@ -153,3 +161,25 @@ def _combine(mode: str, a: tuple[float, float], b: tuple[float, float]) -> tuple
     if mode == "mostrecent":
         return a if a[1] >= b[1] else b
     return a[0] + b[0], max(a[1], b[1])  # counters, histograms, summaries, sum gauges
+
+
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` when set, after checking it is a writable directory."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return None
+    if not os.path.isdir(path):
+        raise ConfigError(MULTIPROC_ENV, f"{path!r} is not a directory; create it before the app starts")
+    if not os.access(path, os.W_OK):
+        raise ConfigError(MULTIPROC_ENV, f"{path!r} is not writable by this process")
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        # prometheus_client chose its value store when first imported, before the variable
+        # was set: every worker would count alone and /metrics would show a random worker.
+        raise ConfigError(
+            MULTIPROC_ENV,
+            "was set after prometheus_client was imported; set it in the environment before the "
+            "process starts (or at the top of gunicorn.conf.py, before any import that loads prometheus_client)",
+        )
+    return path

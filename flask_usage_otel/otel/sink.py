@@ -1,0 +1,360 @@
+"""The OTel sink: one SERVER span per tracked request, and optional OTel HTTP metrics.
+
+Importing this module never loads ``opentelemetry``: that is imported when a sink is
+created, so an app without the ``otel`` extra never needs it.
+
+A request's span is found in one of three ways, decided per request with one dict
+lookup and one context read:
+
+* **own**: nothing else traces the request; the sink starts the SERVER span when the
+  request is admitted (before the app's URL value preprocessors and ``before_request``
+  hooks, so the view's spans nest under it), dated from the moment the environ reached
+  the ``wsgi_app`` wrapper; its context is detached when the wrapper unwinds, and the
+  span ends when the response body is closed.
+* **borrowed**: an outer layer (a WSGI middleware) already made a recording SERVER
+  span current; the sink renames it ``"{METHOD} {route}"`` and adds its attributes.
+* **deferred**: ``opentelemetry-instrumentation-flask`` instruments the app; its
+  ``before_request`` runs after ours and starts the span, so the sink enriches that
+  span from a per-request ``after_this_request`` callback and reads its ids at teardown.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING, Any
+
+from flask import after_this_request, has_request_context
+
+from ..config import DEFAULT_BUCKETS
+from ..record import OTHER, RequestState
+from ..sinks import Sink
+from .attributes import (
+    EndpointSpan,
+    endpoint_span,
+    environ_key,
+    protocol_version,
+    scrub_foreign,
+    split_host,
+    url_scheme,
+)
+
+if TYPE_CHECKING:
+    from flask import Response
+
+logger = logging.getLogger("flask_usage_otel.otel")
+
+# Set by opentelemetry-instrumentation-flask's WSGI wrapper before Flask runs (its span key
+# is set by its own before_request, which runs after ours).
+_INSTRUMENTOR_MARK = "opentelemetry-flask.starttime_key"
+_INSTRUMENTOR_SPAN = "opentelemetry-flask.span_key"
+
+_DEFERRED = object()
+"""``state.context_token`` of a request whose span opentelemetry-instrumentation-flask starts."""
+
+_HOST_CACHE_LIMIT = 1024
+
+
+class _Borrowed:
+    """A span another layer started: enriched, never ended, by the sink."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+
+class OtelSink(Sink):
+    """Traces each tracked request as one SERVER span and optionally records OTel HTTP metrics.
+
+    Build it with :func:`create_otel_sink`, which applies the ``TRACK_USAGE_OTEL*`` settings.
+
+    :param tracer: an OpenTelemetry ``Tracer``.
+    :param meter: an OpenTelemetry ``Meter`` for ``http.server.*`` metrics, or None for none.
+    :param capture_user: put the record's user id on the span as ``enduser.id``.
+    :param owned_providers: providers this sink created and so flushes and shuts down.
+    :param duration_buckets: the advisory bucket boundaries of ``http.server.request.duration``
+        (``TRACK_USAGE_BUCKETS``); a View configured on the meter provider still wins.
+    """
+
+    name = "otel"
+
+    def __init__(
+        self,
+        tracer: Any,
+        meter: Any = None,
+        *,
+        capture_user: bool = False,
+        owned_providers: tuple[Any, ...] = (),
+        duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+    ) -> None:
+        from opentelemetry import context, propagate, trace
+        from opentelemetry.propagators.textmap import Getter
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        class EnvironGetter(Getter[dict[str, Any]]):
+            """Reads propagation headers (``traceparent``...) from a WSGI environ."""
+
+            def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+                value = carrier.get(environ_key(key))
+                return None if value is None else [value]
+
+            def keys(self, carrier: dict[str, Any]) -> list[str]:
+                return [k[5:].lower().replace("_", "-") for k in carrier if k.startswith("HTTP_")]
+
+        self._tracer = tracer
+        self._capture_user = capture_user
+        # Everything comes from the request state; the user only when it goes on spans.
+        self.uses_record = capture_user
+        self._owned_providers = owned_providers
+        self._attach = context.attach
+        self._detach = context.detach
+        self._get_current_span = trace.get_current_span
+        self._set_span_in_context = trace.set_span_in_context
+        self._get_textmap = propagate.get_global_textmap
+        self._getter = EnvironGetter()
+        self._server_kind = SpanKind.SERVER
+        self._error = StatusCode.ERROR
+        self._propagator: Any = None
+        self._carrier_keys: tuple[str, ...] = ()
+        self._endpoints: dict[tuple[str, str | None, str], EndpointSpan] = {}
+        self._hosts: dict[tuple[str | None, str], tuple[str | None, int | None]] = {}
+        self._duration: Any = None
+        self._active: Any = None
+        self._active_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        if meter is not None:
+            self._duration = meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=duration_buckets,
+            )
+            self._active = meter.create_up_down_counter(
+                "http.server.active_requests", unit="{request}", description="Number of active HTTP server requests."
+            )
+
+    # -- steps ------------------------------------------------------------------------
+
+    def start(self, state: RequestState) -> None:
+        environ = state.request.environ
+        if self._active is not None:
+            # First, so that finish's decrement always has its increment.
+            self._active.add(1, self._active_attrs(state.method_label, url_scheme(environ)))
+        if _INSTRUMENTOR_MARK in environ:
+            self._defer(state)
+        else:
+            current = self._get_current_span()
+            if current.is_recording() and current.kind is self._server_kind:
+                self._borrow(state, current)
+            else:
+                self._start_span(state, environ)
+
+    def teardown(self, state: RequestState) -> None:
+        token = state.context_token
+        if token is None:
+            return
+        state.context_token = None
+        if token is _DEFERRED:
+            span = state.request.environ.get(_INSTRUMENTOR_SPAN)
+            if span is not None:
+                _set_ids(state, span.get_span_context())
+            return  # the instrumentor's own teardown ended its span and recorded the exception
+        # Detached as the wsgi_app wrapper unwinds, in the context that attached it, whatever
+        # the app's teardowns did; a streamed body may still be unsent (the span ends with it).
+        self._detach(token)
+
+    def finish(self, state: RequestState) -> None:
+        span = state.span
+        if self._duration is not None:
+            self._record_metrics(state, span)
+        if span is None:
+            return
+        borrowed = type(span) is _Borrowed
+        if borrowed:
+            span = span.span
+        if state.error is not None:
+            span.record_exception(state.error)
+        if span.is_recording():
+            status = state.status or 500
+            attributes: dict[str, Any] = {"http.response.status_code": status}
+            error_type = state.exception or (str(status) if status >= 500 else None)
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            if self._capture_user and state.username is not None:
+                attributes["enduser.id"] = state.username
+            span.set_attributes(attributes)
+            if status >= 500:
+                span.set_status(self._error)
+        if not borrowed:
+            span.end()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        millis = 30_000 if timeout is None else int(timeout * 1000)
+        return all(provider.force_flush(millis) for provider in self._owned_providers)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        for provider in self._owned_providers:
+            provider.shutdown()
+
+    # -- the three ways to a span -----------------------------------------------------
+
+    def _start_span(self, state: RequestState, environ: dict[str, Any]) -> None:
+        parent = self._incoming_context(environ)
+        info = self._endpoint(state)
+        span = self._tracer.start_span(
+            info.name,
+            parent,
+            self._server_kind,
+            self._request_attributes(state, info, environ),
+            start_time=int(state.timestamp * 1e9),  # when the environ reached the wsgi_app wrapper
+        )
+        state.span = span
+        state.context_token = self._attach(self._set_span_in_context(span, parent))
+        _set_ids(state, span.get_span_context())
+
+    def _borrow(self, state: RequestState, span: Any) -> None:
+        info = self._endpoint(state)
+        span.update_name(info.name)
+        environ = state.request.environ
+        attributes = self._request_attributes(state, info, environ)
+        scrub_foreign(state, span, environ, attributes)
+        span.set_attributes(attributes)
+        state.span = _Borrowed(span)
+        _set_ids(state, span.get_span_context())
+
+    def _defer(self, state: RequestState) -> None:
+        state.context_token = _DEFERRED
+        if not has_request_context():  # admitted after Flask gave up on the request
+            return
+
+        @after_this_request
+        def enrich(response: Response) -> Response:
+            # Runs after the instrumentor's before_request (its span exists) and before
+            # its teardown_request (which ends the span).
+            try:
+                self._enrich_instrumentor_span(state, response)
+            except Exception:
+                logger.debug("could not enrich the opentelemetry-instrumentation-flask span", exc_info=True)
+            return response
+
+    def _enrich_instrumentor_span(self, state: RequestState, response: Response) -> None:
+        environ = state.request.environ
+        span = environ.get(_INSTRUMENTOR_SPAN)
+        if span is None or not span.is_recording():
+            return
+        info = self._endpoint(state)
+        attributes = self._request_attributes(state, info, environ)
+        status = response.status_code
+        attributes["http.response.status_code"] = status
+        if status >= 500:
+            # Flask builds the 500 for an unhandled exception inside its ``except`` block.
+            raised = sys.exc_info()[0]
+            attributes["error.type"] = raised.__name__ if raised is not None else str(status)
+            span.set_status(self._error)
+        scrub_foreign(state, span, environ, attributes)
+        span.update_name(info.name)
+        span.set_attributes(attributes)
+
+    # -- attributes ---------------------------------------------------------------------
+
+    def _incoming_context(self, environ: dict[str, Any]) -> Any:
+        """The remote parent from the request headers, or None (the current context) when none was sent."""
+        propagator = self._get_textmap()
+        if propagator is not self._propagator:
+            fields = propagator.fields
+            self._carrier_keys = tuple(environ_key(f) for f in fields) if fields else ()
+            self._propagator = propagator
+        keys = self._carrier_keys
+        if not keys:  # a propagator that does not name its fields: always ask it
+            return propagator.extract(environ, getter=self._getter)
+        for key in keys:
+            if key in environ:
+                return propagator.extract(environ, getter=self._getter)
+        return None  # the common case: no propagation header, no extract call
+
+    def _endpoint(self, state: RequestState) -> EndpointSpan:
+        key = (state.method_label, state.endpoint, state.route)
+        info = self._endpoints.get(key)
+        if info is None:
+            info = self._endpoints[key] = endpoint_span(state)
+        return info
+
+    def _request_attributes(self, state: RequestState, info: EndpointSpan, environ: dict[str, Any]) -> dict[str, Any]:
+        req = state.request
+        attributes = info.attributes.copy()
+        path = req.path
+        root = req.root_path
+        attributes["url.path"] = root + path if root else path
+        scheme = url_scheme(environ)
+        attributes["url.scheme"] = scheme
+        query = environ.get("QUERY_STRING")
+        if query:
+            redactor = state.context.redactor
+            attributes["url.query"] = redactor.query(query) if redactor is not None else query
+        if state.method_label == OTHER:
+            attributes["http.request.method_original"] = state.method
+        address, port = self._server(environ.get("HTTP_HOST"), scheme, environ)
+        if address is not None:
+            attributes["server.address"] = address
+            if port is not None:
+                attributes["server.port"] = port
+        client = environ.get("REMOTE_ADDR")
+        anonymizer = state.context.anonymizer
+        if client and anonymizer is not None:
+            client = anonymizer.address(client)
+        if client:
+            attributes["client.address"] = client
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            attributes["user_agent.original"] = agent
+        version = protocol_version(environ.get("SERVER_PROTOCOL"))
+        if version is not None:
+            attributes["network.protocol.version"] = version
+        return attributes
+
+    def _server(self, host: str | None, scheme: str, environ: dict[str, Any]) -> tuple[str | None, int | None]:
+        key = (host, scheme)
+        found = self._hosts.get(key)
+        if found is None:
+            if len(self._hosts) >= _HOST_CACHE_LIMIT:
+                self._hosts.clear()  # Host is client-chosen: keep the cache bounded
+            found = self._hosts[key] = split_host(host, scheme, environ)
+        return found
+
+    def _active_attrs(self, method_label: str, scheme: str) -> dict[str, str]:
+        key = (method_label, scheme)
+        attributes = self._active_attributes.get(key)
+        if attributes is None:
+            attributes = self._active_attributes[key] = {"http.request.method": method_label, "url.scheme": scheme}
+        return attributes
+
+    def _record_metrics(self, state: RequestState, span: Any) -> None:
+        environ = state.request.environ
+        scheme = url_scheme(environ)
+        status = state.status or 500
+        self._active.add(-1, self._active_attrs(state.method_label, scheme))
+        attributes: dict[str, Any] = {
+            "http.request.method": state.method_label,
+            "url.scheme": scheme,
+            "http.response.status_code": status,
+        }
+        if state.endpoint is not None:
+            attributes["http.route"] = state.route
+        error_type = state.exception or (str(status) if status >= 500 else None)
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        protocol = protocol_version(environ.get("SERVER_PROTOCOL"))
+        if protocol is not None:
+            attributes["network.protocol.version"] = protocol
+        context = None
+        if state.sampled and span is not None:
+            # The span is no longer current here: pass it, so the measurement can carry an exemplar.
+            context = self._set_span_in_context(span.span if type(span) is _Borrowed else span)
+        self._duration.record(state.speed, attributes, context)
+
+
+def _set_ids(state: RequestState, span_context: Any) -> None:
+    if span_context.trace_flags.sampled:
+        state.trace_id = format(span_context.trace_id, "032x")
+        state.span_id = format(span_context.span_id, "016x")
+        state.sampled = True

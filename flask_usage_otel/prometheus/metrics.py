@@ -1,0 +1,125 @@
+"""The Prometheus metric definitions, created once per (registry, prefix) and shared.
+
+Sharing them means several apps or test cases on one registry never hit "Duplicated
+timeseries"; the sink (``sink.py``) caches their labelled children per label tuple.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .._version import __version__
+from ..config import ConfigError, Settings
+
+LABELS = ("method", "route", "blueprint", "status")
+
+
+class PrometheusMetrics:
+    """Every metric flask-usage-otel exports, registered once on one registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        prefix: str,
+        buckets: tuple[float, ...],
+        size_buckets: tuple[float, ...],
+    ) -> None:
+        self.prefix = prefix
+        self.buckets = buckets
+        self.size_buckets = size_buckets
+        self.requests = Counter(
+            f"{prefix}requests", "HTTP requests tracked, by route template.", LABELS, registry=registry
+        )
+        self.duration = Histogram(
+            f"{prefix}request_duration_seconds",
+            "Time from the request reaching the app to the end of the response body.",
+            LABELS,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.response_size = Histogram(
+            f"{prefix}response_size_bytes",
+            "Response body size, when known before sending.",
+            LABELS,
+            buckets=size_buckets,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            f"{prefix}requests_in_progress",
+            "Tracked requests being served now.",
+            ("method",),
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.exceptions = Counter(
+            f"{prefix}request_exceptions",
+            "Requests whose view raised an exception that nothing handled, by exception class.",
+            ("method", "route", "exception"),
+            registry=registry,
+        )
+        self.tracking_errors = Counter(
+            f"{prefix}tracking_errors",
+            "Failures inside the tracking itself, by hook or sink; the request was served all the same.",
+            ("component",),
+            registry=registry,
+        )
+        self.storage_queue_rows = Gauge(
+            f"{prefix}storage_queue_rows",
+            "Rows waiting in the storage writer's queue.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.storage_rows_written = Counter(
+            f"{prefix}storage_rows_written", "Rows the storage writer has written.", registry=registry
+        )
+        self.storage_rows_dropped = Counter(
+            f"{prefix}storage_rows_dropped",
+            "Rows the storage writer dropped, for any reason (see storage_dropped_total by reason).",
+            registry=registry,
+        )
+        self.storage_write_errors = Counter(
+            f"{prefix}storage_write_errors",
+            "Failed attempts to write a batch (the batch is retried).",
+            registry=registry,
+        )
+        self.storage_dropped = Counter(
+            f"{prefix}storage_dropped",
+            "Rows not written, by reason: queue_full, rejected, unserialisable, timeout, shutdown.",
+            ("reason",),
+            registry=registry,
+        )
+        self.storage_write_timeouts = Counter(
+            f"{prefix}storage_write_timeouts",
+            "Write attempts abandoned because the database did not answer within the deadline (retried).",
+            registry=registry,
+        )
+        info = Gauge(
+            f"{prefix}info", "flask-usage-otel version.", ("version",), multiprocess_mode="max", registry=registry
+        )
+        info.labels(__version__).set(1)
+
+
+_metrics_lock = threading.Lock()
+_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, PrometheusMetrics]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def metrics_for(registry: CollectorRegistry, settings: Settings) -> PrometheusMetrics:
+    """The metrics for ``registry`` and the settings' prefix, created on first use."""
+    with _metrics_lock:
+        by_prefix = _metrics_by_registry.setdefault(registry, {})
+        metrics = by_prefix.get(settings.metrics_prefix)
+        if metrics is None:
+            metrics = PrometheusMetrics(registry, settings.metrics_prefix, settings.buckets, settings.size_buckets)
+            by_prefix[settings.metrics_prefix] = metrics
+        elif (metrics.buckets, metrics.size_buckets) != (settings.buckets, settings.size_buckets):
+            raise ConfigError(
+                "TRACK_USAGE_BUCKETS",
+                f"metrics with prefix {settings.metrics_prefix!r} already exist on this registry with other "
+                "buckets; use the same buckets, another TRACK_USAGE_METRICS_PREFIX, or another registry",
+            )
+        return metrics
