@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,67 +24,13 @@ from prometheus_client import CollectorRegistry
 from flask_usage_otel import ConfigError, TrackUsage
 from flask_usage_otel.otel_logs import EVENT_NAME, _Emitter, build_logger_provider
 from tests.integration.servers import free_port
-
-
-class LogReceiver:
-    """The decoded ``ExportLogsServiceRequest`` bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportLogsServiceRequest] = []
-        self.paths: list[str] = []
-        self.lock = threading.Lock()
-
-    def records(self) -> list[tuple[dict[str, Any], str, Any]]:
-        """(resource attributes, scope name, log record) for every received record."""
-        found = []
-        with self.lock:
-            for request in self.requests:
-                for resource_logs in request.resource_logs:
-                    resource = {a.key: _value(a.value) for a in resource_logs.resource.attributes}
-                    for scope_logs in resource_logs.scope_logs:
-                        found.extend((resource, scope_logs.scope.name, r) for r in scope_logs.log_records)
-        return found
-
-
-def _value(any_value: Any) -> Any:
-    return getattr(any_value, any_value.WhichOneof("value"))
-
-
-def attributes(record: Any) -> dict[str, Any]:
-    return {a.key: _value(a.value) for a in record.attributes}
+from tests.otel.otlp_receiver import Received, attributes, otlp_receiver
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[LogReceiver, str]]:
-    received = LogReceiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            request = ExportLogsServiceRequest()
-            request.ParseFromString(body)
-            with received.lock:
-                received.paths.append(self.path)
-                received.requests.append(request)
-            payload = ExportLogsServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield received, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def receiver() -> Iterator[tuple[Received, str]]:
+    with otlp_receiver(ExportLogsServiceRequest, ExportLogsServiceResponse) as served:
+        yield served
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -22,67 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage
 from flask_usage_otel.otel import build_tracer_provider
-
-
-class Receiver:
-    """The decoded ``ExportTraceServiceRequest`` bodies POSTed to ``/v1/traces``."""
-
-    def __init__(self) -> None:
-        self.requests: list[ExportTraceServiceRequest] = []
-        self.paths: list[str] = []
-        self.lock = threading.Lock()
-
-    def spans(self) -> list[tuple[dict[str, Any], Any]]:
-        """(resource attributes, span) for every received span."""
-        found = []
-        with self.lock:
-            for request in self.requests:
-                for resource_spans in request.resource_spans:
-                    resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                    for scope_spans in resource_spans.scope_spans:
-                        found.extend((resource, span) for span in scope_spans.spans)
-        return found
-
-
-def _value(any_value: Any) -> Any:
-    return getattr(any_value, any_value.WhichOneof("value"))
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    return {a.key: _value(a.value) for a in span.attributes}
+from tests.otel.otlp_receiver import Received, attributes, otlp_receiver
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    received = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            with received.lock:
-                received.paths.append(self.path)
-                received.requests.append(request)
-            payload = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield received, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def receiver() -> Iterator[tuple[Received, str]]:
+    with otlp_receiver(ExportTraceServiceRequest, ExportTraceServiceResponse) as served:
+        yield served
 
 
 def test_otlp_exporter_posts_the_server_span(receiver, monkeypatch):
@@ -141,7 +84,7 @@ def _run_app(tmp_path: Path, code: str, endpoint: str, command: list[str], **ext
     assert "OpenTelemetryNotConfiguredWarning" not in result.stderr
 
 
-def _assert_pay_spans(received: Receiver) -> None:
+def _assert_pay_spans(received: Received) -> None:
     spans = {span.name: (resource, span) for resource, span in received.spans()}
     assert set(spans) == {"GET /pay", "charge card"}
     resource, server = spans["GET /pay"]
