@@ -249,11 +249,9 @@ class RequestTracker:
             exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
             if exchange is not None:
                 state = exchange.state
-                if state is not None:
-                    if exchange.g is not None:
-                        state.track_var = track_var_of(exchange.g, resolve=True)
-                    if self._user_callable:
-                        state.username = self._callable_user()
+                if state is not None and exchange.g is not None:
+                    self._capture_details(state, exchange.g, resolve=True)
+                    exchange.g = None  # captured: finish has nothing left to read from g
         except Exception:
             self._hook_failed("after_request")
         return response
@@ -312,7 +310,9 @@ class RequestTracker:
             state.status = status_code(exchange.status)
             state.response_size = exchange.sent
             if self._wants_details:
-                self._capture_details(state, exchange.g)
+                if exchange.g is not None:  # after_request never ran (an error escaped the app)
+                    self._capture_details(state, exchange.g, resolve=False)
+                state.capture()
         except Exception:
             self._hook_failed("finish")
         exchange.g = None
@@ -326,16 +326,16 @@ class RequestTracker:
         state.request = None  # type: ignore[assignment]
         state.error = None
 
-    def _capture_details(self, state: RequestState, ctx_g: Any) -> None:
-        """Copy what the record needs from the request, ``g.track_var`` and the user."""
-        if ctx_g is not None and state.track_var is None:  # not copied in after_request (it never ran)
-            state.track_var = track_var_of(ctx_g, resolve=False)
+    def _capture_details(self, state: RequestState, ctx_g: Any, *, resolve: bool) -> None:
+        """Copy ``g.track_var`` and the user, once per request: in ``after_request``, else at finish."""
+        state.track_var = track_var_of(ctx_g, resolve=resolve)
         capture = self._capture_user
         if capture == "id" or capture == "basic_auth":
             state.username = established_user(ctx_g)
             if state.username is None and capture == "basic_auth":
                 state.username = basic_auth_user(state.request.environ)
-        state.capture()
+        elif self._user_callable and resolve:
+            state.username = self._callable_user()
 
     def _callable_user(self) -> str | None:
         try:
