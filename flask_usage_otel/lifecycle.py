@@ -13,7 +13,8 @@ The Flask hooks only annotate what the wrapper cannot see:
   is tracked; tracked requests start their sinks there, so the view's spans nest
   under the server span;
 * ``got_request_exception`` names the exception nothing handled;
-* ``after_request`` reads the user, only when the app gave its own callable for it.
+* ``after_request`` copies ``g.track_var`` and reads the user from the app's own
+  callable, only when a sink builds the record.
 
 A request is finished exactly once: when the server closes the body, or when an
 exception escapes the app. Its status is the one the client gets (what the app passed
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import g, got_request_exception, request, request_finished
+from flask import g, got_request_exception, request
 
 from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded
@@ -99,12 +100,11 @@ class RequestTracker:
         # First of the app's URL value preprocessors, which Flask runs before any before_request.
         app.url_value_preprocessors.setdefault(None, []).insert(0, self.url_value_preprocessor)
         self._user_callable = callable(self._capture_user) and self._wants_details
-        if self._user_callable:
-            # Flask runs after_request functions in reverse: ours runs last and sees the final user.
+        if self._wants_details:
+            # Flask runs after_request functions in reverse: ours runs last and sees the final
+            # g.track_var and user. A plain function call, cheaper than a request_finished receiver.
             app.after_request_funcs.setdefault(None, []).insert(0, self.after_request)
         got_request_exception.connect(self.on_exception, app)
-        if self._wants_details:
-            request_finished.connect(self.on_response, app)
 
     def _wrap(self, app: Flask) -> None:
         self._inner = app.wsgi_app
@@ -237,25 +237,21 @@ class RequestTracker:
         except Exception:
             self._hook_failed("got_request_exception")
 
-    def on_response(self, sender: Any, response: Any = None, **extra: Any) -> None:
-        """``request_finished``: the response is made and the request context still exists.
+    def after_request(self, response: Response) -> Response:
+        """The response is made and the request context still exists.
 
         ``g.track_var`` is copied here, while a value bound to the request context (the
         session, any ``LocalProxy``) can still be read: the request finishes after Flask has
         popped the context, when such a value can no longer be turned into plain data.
+        The app's own user callable runs here too, after every other ``after_request``.
         """
         try:
             exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
-            if exchange is not None and exchange.state is not None and exchange.g is not None:
-                exchange.state.track_var = track_var_of(exchange.g, resolve=True)
-        except Exception:
-            self._hook_failed("request_finished")
-
-    def after_request(self, response: Response) -> Response:
-        try:
-            exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
-            if exchange is not None and exchange.state is not None:
-                exchange.state.username = self._callable_user()
+            if exchange is not None:
+                state = exchange.state
+                if state is not None and exchange.g is not None:
+                    self._capture_details(state, exchange.g, resolve=True)
+                    exchange.g = None  # captured: finish has nothing left to read from g
         except Exception:
             self._hook_failed("after_request")
         return response
@@ -314,7 +310,9 @@ class RequestTracker:
             state.status = status_code(exchange.status)
             state.response_size = exchange.sent
             if self._wants_details:
-                self._capture_details(state, exchange.g)
+                if exchange.g is not None:  # after_request never ran (an error escaped the app)
+                    self._capture_details(state, exchange.g, resolve=False)
+                state.capture()
         except Exception:
             self._hook_failed("finish")
         exchange.g = None
@@ -328,16 +326,16 @@ class RequestTracker:
         state.request = None  # type: ignore[assignment]
         state.error = None
 
-    def _capture_details(self, state: RequestState, ctx_g: Any) -> None:
-        """Copy what the record needs from the request, ``g.track_var`` and the user."""
-        if ctx_g is not None and state.track_var is None:  # not copied at request_finished (an error page)
-            state.track_var = track_var_of(ctx_g, resolve=False)
+    def _capture_details(self, state: RequestState, ctx_g: Any, *, resolve: bool) -> None:
+        """Copy ``g.track_var`` and the user, once per request: in ``after_request``, else at finish."""
+        state.track_var = track_var_of(ctx_g, resolve=resolve)
         capture = self._capture_user
         if capture == "id" or capture == "basic_auth":
             state.username = established_user(ctx_g)
             if state.username is None and capture == "basic_auth":
                 state.username = basic_auth_user(state.request.environ)
-        state.capture()
+        elif self._user_callable and resolve:
+            state.username = self._callable_user()
 
     def _callable_user(self) -> str | None:
         try:

@@ -239,3 +239,50 @@ def test_default_buckets_resolve_a_sub_millisecond_route() -> None:
     assert 0.0001 < p50 <= 0.00025
     assert 0.0001 < p99 <= 0.00025
     assert buckets[-2][0] >= 30.0, "and still tens of seconds at the top"
+
+
+def test_sink_counts_into_the_same_buckets_as_observe() -> None:
+    """The sink's direct path fills exactly the buckets, sums and counts that the public
+    ``Histogram.observe`` / ``Counter.inc`` / ``Gauge.inc`` would, bounds included."""
+    from prometheus_client import Histogram
+
+    from flask_usage_otel.config import Settings
+    from flask_usage_otel.prometheus.metrics import PrometheusMetrics
+    from flask_usage_otel.prometheus.sink import PrometheusSink
+    from flask_usage_otel.record import RecordContext, RequestState
+
+    settings = Settings()
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry, "t_", settings.buckets, settings.size_buckets)
+    reference = Histogram("ref_seconds", "reference", buckets=settings.buckets, registry=registry)
+    reference_size = Histogram("ref_bytes", "reference", buckets=settings.size_buckets, registry=registry)
+    sink = PrometheusSink(metrics, exception_label_limit=5, exemplars=False)
+    amounts = [0.0, *settings.buckets, *(b * 1.0001 for b in settings.buckets), 1e9]
+    sizes = [0, *(int(b) for b in settings.size_buckets), *(int(b) + 1 for b in settings.size_buckets)]
+    context = RecordContext("bench")
+    for i, speed in enumerate(amounts):
+        state = RequestState(None, 0.0, 0.0, "GET", "GET", "e", "/r", None, context)  # type: ignore[arg-type]
+        sink.start(state)
+        state.speed, state.status, state.response_size = speed, 200, sizes[i % len(sizes)]
+        sink.finish(state)
+        reference.observe(speed)
+        reference_size.observe(sizes[i % len(sizes)])
+    labels = {"method": "GET", "route": "/r", "blueprint": "", "status": "200"}
+    for ours, ref in (("t_request_duration_seconds", "ref_seconds"), ("t_response_size_bytes", "ref_bytes")):
+        ours_samples = {
+            (s.name.removeprefix(ours), s.labels.get("le"), s.value)
+            for f in registry.collect()
+            if f.name == ours
+            for s in f.samples
+            if not s.name.endswith("_created") and s.labels.get("route") == "/r"
+        }
+        ref_samples = {
+            (s.name.removeprefix(ref), s.labels.get("le"), s.value)
+            for f in registry.collect()
+            if f.name == ref
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
+        assert ours_samples == ref_samples
+    assert registry.get_sample_value("t_requests_total", labels) == len(amounts)
+    assert registry.get_sample_value("t_requests_in_progress", {"method": "GET"}) == 0

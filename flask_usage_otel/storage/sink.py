@@ -77,14 +77,19 @@ def plain_state(state: RequestState) -> PlainState:
 
     :raises Unserialisable: a value is too deep, too large, or its conversion to text failed.
     """
-    state.capture()
+    if state.environ_values is None:
+        state.capture()
     budget = [MAX_ITEMS]
     out = PlainState()
     environ_values = state.environ_values
     out.environ_values = environ_values
     out.authorization = state.authorization is True or bool(state.authorization)
-    out.view_args = _plain_mapping(state.view_args, budget)
-    out.track_var = _plain_mapping(state.track_var, budget)
+    # None or an empty dict (most requests' track_var, every rule without variables) is
+    # kept as it is; only a mapping with items takes the copy.
+    value = state.view_args
+    out.view_args = value if value is None or (not value and type(value) is dict) else _plain_mapping(value, budget)
+    value = state.track_var
+    out.track_var = value if value is None or (not value and type(value) is dict) else _plain_mapping(value, budget)
     value = state.username
     out.username = value if value is None or type(value) is str else _text(value)
     value = state.exception
