@@ -237,6 +237,11 @@ def _cheaper_processor(column: str, process: Callable[[Any], Any]) -> Callable[[
     return process
 
 
+_BOOLEAN_COLUMNS = frozenset(name for name, samples in _PLAIN_SAMPLES.items() if type(samples[0]) is bool)
+_BOOL_AS_INT: Callable[[Any], Any] = {True: 1, False: 0}.get  # None stays None (NULL)
+_MAX_STATEMENTS = 64
+
+
 def _iso_text(value: datetime) -> str:
     return value.isoformat(" ", "microseconds")
 
@@ -290,11 +295,17 @@ class Inserter:
                 process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
                 if process is not None and (process := _cheaper_processor(name, process)) is not None:
                     processors[name] = process
+        # sqlite3 binds only exact int, float, str and bytes without looking up an adapter (bool and None are
+        # looked up, and the miss formats an error it then clears): bools go as ints, None as NULL in the SQL.
+        self._sqlite = self.method == "executemany" and driver == "pysqlite"
+        if self._sqlite:
+            processors.update((name, _BOOL_AS_INT) for name in columns if name in _BOOLEAN_COLUMNS)
         self.builder = RowBuilder(columns, widths, processors)
         names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
         target = _raw_identifier(preparer, table.name)
         if table.schema:
             target = f"{_raw_identifier(preparer, table.schema)}.{target}"
+        marker = ""
         if self.method == "copy":
             self.sql = f"COPY {target} ({names}) FROM STDIN"
         else:
@@ -304,17 +315,54 @@ class Inserter:
             self.sql = f"INSERT INTO {target} ({names}) VALUES ({', '.join([marker] * len(self.builder.columns))})"
         self._table = table
         self.batch_ids = True  # the storage sets it: whether the batch-id table exists
+        self._marker = marker if self.method != "copy" else ""
+        self._target = target
+        self._names = names
+        self._statements: dict[tuple[bool, ...], tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
     def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
         """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""
         rows = self.builder.rows(records)
-        if self.method == "executemany":
+        if self._sqlite:
+            self._insert_sqlite(conn, rows)
+        elif self.method == "executemany":
             conn.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
         elif self.method == "copy":
             self._copy(conn, rows)
         else:
             columns = self.builder.columns
             conn.execute(self._table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+
+    def _insert_sqlite(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """``executemany`` with ``NULL`` written into the statement for the columns None in every row of the batch.
+
+        Most rows of a batch leave the same dozen columns empty; binding each of those
+        None values costs sqlite3 an adapter lookup. The values stored are the same.
+        """
+        if not rows:
+            return
+        nones = (None,) * len(rows)
+        # Per column, not per row: a tuple comparison stops at the first value that is not None.
+        key = tuple(values == nones for values in zip(*rows, strict=True))
+        statement = self._statements.get(key)
+        if statement is None:
+            statement = self._statement(key)
+        sql, pick = statement
+        conn.exec_driver_sql(sql, rows if pick is None else list(map(pick, rows)))  # type: ignore[arg-type]
+
+    def _statement(self, nulls: tuple[bool, ...]) -> tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]:
+        """The INSERT with ``NULL`` for the columns marked in ``nulls``, and what picks the others from a row."""
+        columns = self.builder.columns
+        bound = [name for name, null in zip(columns, nulls, strict=True) if not null]
+        if not bound:  # nothing left to bind (a table of optional columns only): bind the Nones
+            statement: tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None] = (self.sql, None)
+        else:
+            values = ", ".join("NULL" if null else self._marker for null in nulls)
+            statement = (f"INSERT INTO {self._target} ({self._names}) VALUES ({values})", _picker(columns, bound))
+        if len(self._statements) >= _MAX_STATEMENTS:  # one per pattern of empty columns seen: keep it bounded
+            self._statements.clear()
+        self._statements[nulls] = statement
+        return statement
 
     def _copy(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         raw = conn.connection.dbapi_connection
