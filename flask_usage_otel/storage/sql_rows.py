@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from operator import itemgetter
+from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -50,6 +50,19 @@ TRUNCATED_JSON_KEY = "_truncated"
 
 # Encoder built once: json.dumps with options builds a new JSONEncoder per call.
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _encode_json(value: Any) -> str:
+    """``_JSON.encode(value)``, calling the C encoder it would use straight, without its Python-level setup."""
+    if _c_make_encoder is None:  # no C accelerator in this Python
+        return _JSON.encode(value)
+    # A fresh markers dict per call, as JSONEncoder does: circular data is refused, and threads share nothing.
+    chunks = _c_make_encoder({}, str, _c_encode_text, None, ":", ",", False, False, True)(value, 0)
+    return "".join(chunks)
+
+
+_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+_c_encode_text = json.encoder.encode_basestring  # the C function when the accelerator is there
 # Characters quote(path, safe="/:@!$&()*+,;=~") would change; most paths have none and skip quoting.
 _PATH_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&()*+,;=]").search
 _cached_language = lru_cache(maxsize=1024)(first_language)
@@ -99,7 +112,7 @@ def json_text(value: Any, width: int) -> str | None:
             return None
         if type(value) is dict or isinstance(value, Mapping):
             return "{}"  # most requests: no view arguments, no track_var
-    text = _JSON.encode(value)
+    text = _encode_json(value)
     if not (text.isascii() and "\x00" not in text):
         text = clean_text(text, None) or ""
     if len(text) > width:
@@ -179,6 +192,7 @@ class RowBuilder:
         plain = [c for c in PLAIN_COLUMNS if c in present]
         self.columns: tuple[str, ...] = (*text, *json_columns, *plain)
         self._text_widths = tuple(widths[c] for c in text)
+        self._none_fits = all(width >= len(str(None)) for width in self._text_widths)
         self._json_widths = tuple(widths[c] for c in json_columns)
         # An older table lacks some columns: pick the ones it has (None: it has them all).
         self._pick_text = _picker(TEXT_COLUMNS, text)
@@ -207,8 +221,12 @@ class RowBuilder:
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             joined = "\x00"
         if joined.isascii() and "\x00" not in joined:
-            # The common case: one check of all the text at once, then only the lengths.
-            fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
+            # The common case: one check of all the text at once, then only the lengths, compared in C
+            # (str(None) is "None": 4 characters, within every width when self._none_fits).
+            if self._none_fits and not any(map(gt, map(len, map(str, texts)), widths)):
+                fitted = list(texts)
+            else:
+                fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
         else:
             fitted = [clean_text(v, w) for v, w in zip(texts, widths, strict=True)]
         mappings = _json_values(record)
