@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from operator import gt, itemgetter
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -192,7 +192,6 @@ class RowBuilder:
         plain = [c for c in PLAIN_COLUMNS if c in present]
         self.columns: tuple[str, ...] = (*text, *json_columns, *plain)
         self._text_widths = tuple(widths[c] for c in text)
-        self._none_fits = all(width >= len(str(None)) for width in self._text_widths)
         self._json_widths = tuple(widths[c] for c in json_columns)
         # An older table lacks some columns: pick the ones it has (None: it has them all).
         self._pick_text = _picker(TEXT_COLUMNS, text)
@@ -221,12 +220,8 @@ class RowBuilder:
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             joined = "\x00"
         if joined.isascii() and "\x00" not in joined:
-            # The common case: one check of all the text at once, then only the lengths, compared in C
-            # (str(None) is "None": 4 characters, within every width when self._none_fits).
-            if self._none_fits and not any(map(gt, map(len, map(str, texts)), widths)):
-                fitted = list(texts)
-            else:
-                fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
+            # The common case: one check of all the text at once, then only the lengths.
+            fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
         else:
             fitted = [clean_text(v, w) for v, w in zip(texts, widths, strict=True)]
         mappings = _json_values(record)
