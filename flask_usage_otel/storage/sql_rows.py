@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from operator import itemgetter
+from operator import gt, itemgetter, length_hint
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -220,8 +220,12 @@ class RowBuilder:
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             joined = "\x00"
         if joined.isascii() and "\x00" not in joined:
-            # The common case: one check of all the text at once, then only the lengths.
-            fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
+            # The common case: one check of all the text at once, then only the lengths, compared in C
+            # (length_hint gives len() of a str, 0 for None).
+            if any(map(gt, map(length_hint, texts), widths)):
+                fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
+            else:
+                fitted = list(texts)
         else:
             fitted = [clean_text(v, w) for v, w in zip(texts, widths, strict=True)]
         mappings = _json_values(record)
