@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from itertools import repeat
+from operator import call
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -382,8 +383,8 @@ def record_from_state(state: RequestState) -> UsageRecord:
     )
 
 
-_RECORD_SLOTS = tuple(UsageRecord.__dict__[field.name] for field in fields(UsageRecord))
-_set_slot = type(_RECORD_SLOTS[0]).__set__
+# Each field's slot descriptor's __set__, bound once: called with (record, value).
+_SLOT_SETTERS = tuple(UsageRecord.__dict__[field.name].__set__ for field in fields(UsageRecord))
 
 
 def _new_record(values: tuple[Any, ...]) -> UsageRecord:
@@ -394,7 +395,7 @@ def _new_record(values: tuple[Any, ...]) -> UsageRecord:
     own descriptors, called from C by ``map``, store the same values without them.
     """
     record = object.__new__(UsageRecord)
-    any(map(_set_slot, _RECORD_SLOTS, repeat(record), values))  # each call returns None: all run
+    any(map(call, _SLOT_SETTERS, repeat(record), values))  # each call returns None: all run
     return record
 
 
