@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sqlite3
 import threading
 import weakref
 from typing import Any
@@ -134,7 +136,14 @@ def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> No
     """
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL is kept in the file: switch only when it is not set yet. The switch needs an
+        # exclusive lock, and SQLite can refuse it at once ("database is locked") while
+        # another process opening the same file (a gunicorn worker) is switching it too;
+        # that process leaves the file in WAL, so the refusal is harmless.
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()
+        if not mode or str(mode[0]).lower() != "wal":
+            with contextlib.suppress(sqlite3.OperationalError):
+                cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
