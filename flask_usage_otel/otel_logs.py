@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.urls import iri_to_uri
 
 from .config import ConfigError
+from .otel.attributes import split_host
 from .record import STANDARD_METHODS, UsageRecord, first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
@@ -96,7 +97,7 @@ def log_attributes(record: UsageRecord) -> dict[str, Any]:
         attributes["flask.blueprint"] = record.blueprint
     if record.query_string:
         attributes["url.query"] = record.query_string
-    address, port = split_host(record.host, record.scheme)
+    address, port = split_host(record.host, record.scheme, {})  # the record keeps no WSGI server name
     if address:
         attributes["server.address"] = address
     if port is not None:
@@ -130,18 +131,6 @@ def log_attributes(record: UsageRecord) -> dict[str, Any]:
         if value:
             attributes[f"flask_usage.{key}"] = json.dumps(value, default=str)
     return attributes
-
-
-def split_host(host: str, scheme: str) -> tuple[str, int | None]:
-    """``server.address`` and ``server.port`` of a Host value (``[::1]:8080``, ``example.org``)."""
-    if host.startswith("["):
-        address, _, rest = host[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        address, _, port_text = host.rpartition(":") if ":" in host else (host, "", "")
-    if port_text.isdigit():
-        return address, int(port_text)
-    return address, {"http": 80, "https": 443}.get(scheme)
 
 
 # --- the pipeline -----------------------------------------------------------------------
