@@ -41,6 +41,7 @@ from .otel.attributes import split_host
 from .record import STANDARD_METHODS, UsageRecord, first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
+from .storage.sink import enqueue, queued_record, queued_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -285,8 +286,10 @@ class OtelLogSink(Sink):
         otel_logger: Any,
         *,
         queue_size: int = 10_000,
+        queue_bytes: int = 64 * 1024 * 1024,
         batch_size: int = 500,
         flush_interval: float = 1.0,
+        linger: float = 0.05,
         counter: CountingExporter | None = None,
         provider: Any = None,
         dropped: Any = None,
@@ -296,17 +299,22 @@ class OtelLogSink(Sink):
         self.writer = BatchWriter(
             _Emitter(otel_logger, counter),  # type: ignore[arg-type]
             queue_size=queue_size,
+            queue_bytes=queue_bytes,
             batch_size=batch_size,
             flush_interval=flush_interval,
+            linger=linger,
             metrics=_DropCounter(dropped) if dropped is not None else None,  # type: ignore[arg-type]
             # Short waits while the SDK's queue is full; the writer's queue bounds the rest.
             min_backoff=0.05,
             max_backoff=1.0,
-            prepare=_record_of,
+            # Queued as plain data bounded in bytes, built into records on the writer thread,
+            # exactly as SQL rows are.
+            prepare=queued_record,
+            size_of=queued_size,
         )
 
     def finish(self, state: RequestState) -> None:
-        self.writer.put(state)  # the request thread's whole cost: one bounded append
+        enqueue(self.writer, state)
 
     @property
     def records_dropped(self) -> int:
@@ -323,10 +331,6 @@ class OtelLogSink(Sink):
     def shutdown(self, timeout: float | None = None) -> None:
         # Hands over what is queued; the provider, the app's, exports it at its own shutdown.
         self.writer.shutdown(timeout)
-
-
-def _record_of(item: RequestState | UsageRecord) -> UsageRecord:
-    return item.record if isinstance(item, RequestState) else item
 
 
 # --- set-up -----------------------------------------------------------------------------
@@ -371,8 +375,10 @@ def create_log_sink(
     return OtelLogSink(
         provider.get_logger(INSTRUMENTATION_NAME, __version__),
         queue_size=settings.queue_size,
+        queue_bytes=settings.queue_bytes,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
+        linger=settings.batch_linger,
         counter=counter,
         provider=provider,
         dropped=dropped,

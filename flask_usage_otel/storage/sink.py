@@ -215,8 +215,8 @@ class StorageSink(Sink):
                 linger=settings.batch_linger,
                 metrics=metrics,
                 # The request thread queues plain values; the writer builds the record from them.
-                prepare=_record_of,
-                size_of=_size_of,
+                prepare=queued_record,
+                size_of=queued_size,
             )
 
     def finish(self, state: RequestState) -> None:
@@ -229,12 +229,7 @@ class StorageSink(Sink):
             if self._metrics is not None:
                 self._metrics.storage_rows_written.inc()
             return
-        try:
-            values = plain_state(state)
-        except (Unserialisable, RecursionError) as exc:
-            writer._count_drop("unserialisable", exc=exc)
-            return
-        writer.put(values)
+        enqueue(writer, state)
 
     def flush(self, timeout: float | None = None) -> bool:
         return True if self.writer is None else self.writer.flush(timeout)
@@ -244,10 +239,25 @@ class StorageSink(Sink):
             self.writer.shutdown(timeout)
 
 
-def _size_of(item: PlainState | UsageRecord) -> int:
+def enqueue(writer: BatchWriter, state: RequestState) -> None:
+    """Queue a finished request for a background writer as plain data (every sink that writes
+    off the request path goes through here): a request whose values cannot be made plain is
+    dropped alone, counted as ``unserialisable``. The writer must use :func:`queued_size` and
+    :func:`queued_record`."""
+    try:
+        values = plain_state(state)
+    except (Unserialisable, RecursionError) as exc:
+        writer._count_drop("unserialisable", exc=exc)
+        return
+    writer.put(values)
+
+
+def queued_size(item: PlainState | UsageRecord) -> int:
+    """The bytes a queued item holds, for the writer's ``queue_bytes`` bound."""
     return item.nbytes if type(item) is PlainState else ROW_OVERHEAD_BYTES
 
 
-def _record_of(item: PlainState | UsageRecord) -> UsageRecord:
+def queued_record(item: PlainState | UsageRecord) -> UsageRecord:
+    """The record of a queued item, built on the writer thread."""
     # A batch put back after a failed shutdown write holds records already.
     return item if isinstance(item, UsageRecord) else record_from_state(item)  # type: ignore[arg-type]

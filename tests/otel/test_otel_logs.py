@@ -288,3 +288,39 @@ def test_the_sdk_queue_is_never_overfilled() -> None:
     assert counter.in_flight == SDK_QUEUE_SIZE
     _forget_in_flight(weakref.ref(counter))  # what a forked child does
     assert counter.in_flight == 0
+
+
+def test_log_records_queue_plain_data_bounded_in_bytes_and_a_poisoned_request_drops_alone() -> None:
+    # The same queue as SQL rows: plain data only, TRACK_USAGE_QUEUE_BYTES bounds it.
+    provider = LoggerProvider()
+    exported = InMemoryLogRecordExporter()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    app = shop_app({"TRACK_USAGE_QUEUE_BYTES": 64 * 1024, "TRACK_USAGE_FLUSH_INTERVAL": 60})
+
+    @app.get("/deep")
+    def deep() -> str:
+        value: dict[str, Any] = {}
+        for _ in range(5000):
+            value = {"d": value}
+        g.track_var = {"deep": value}
+        return "ok"
+
+    registry = CollectorRegistry()
+    tracker = TrackUsage(app, registry=registry, logger_provider=provider)
+    client = app.test_client()
+    assert client.get("/deep").status_code == 200
+    assert client.get("/items/1").status_code == 200
+    # 8 KB headers: a few fill 64 KiB while the writer waits out its interval.
+    big = {"User-Agent": "u" * 8000}
+    for i in range(40):
+        assert client.get(f"/items/{i}", headers=big).status_code == 200
+    with app.app_context():
+        assert tracker.flush(10)
+    [writer] = [s.writer for s in tracker._trackers[app].sinks if s.name == "otel_logs"]
+    assert writer.dropped["unserialisable"] == 1
+    assert writer.dropped["queue_full"] > 0
+    emitted = len(exported.get_finished_logs())
+    assert emitted + writer.rows_dropped == 42
+    assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel_logs"}) == (
+        writer.rows_dropped
+    )
