@@ -164,7 +164,9 @@ def _target(name: str, description: str, value: float | None, limit: float, note
         "value": value,
         "limit": limit,
         "passed": None if value is None else value <= limit,
-        "note": note if value is not None else "a variant it compares did not run",
+        "note": note
+        if value is not None
+        else "no verdict: a variant it compares did not run, or its overhead was not positive (noise)",
     }
 
 

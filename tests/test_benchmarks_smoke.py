@@ -69,13 +69,17 @@ def test_requests_benchmark_reports_machine_and_targets(requests_run: dict) -> N
     overhead = {v["key"]: v.get("overhead_us") for v in requests_run["variants"] if v["status"] == "ok"}
     by_name = {t["name"]: t for t in requests_run["targets"]}
     # Both sides of these always run here (prometheus_client alone): a verdict is required.
+    # On a short, noisy run the pair's overhead can come out at or below zero: then no ratio exists.
     handwritten = by_name["prometheus_vs_handwritten"]
-    assert handwritten["value"] == pytest.approx(overhead["ours_prometheus"] / overhead["handwritten"])
-    assert handwritten["passed"] is (handwritten["value"] <= handwritten["limit"])
+    if overhead["handwritten"] > 0:
+        assert handwritten["value"] == pytest.approx(overhead["ours_prometheus"] / overhead["handwritten"])
+        assert handwritten["passed"] is (handwritten["value"] <= handwritten["limit"])
+    else:
+        assert handwritten["value"] is None
     for target in requests_run["targets"]:
         if target["value"] is None:
             assert target["passed"] is None
-            assert target["note"] == "a variant it compares did not run"
+            assert target["note"].startswith("no verdict: ")
         else:
             assert target["passed"] is (target["value"] <= target["limit"]), target
 
