@@ -321,10 +321,12 @@ class RequestTracker:
                 sink.finish(state)
             except Exception:
                 self._sink_failed(sink)
-        # A queued state must not keep the request (its environ, its input stream) or a
-        # traceback (its frames) alive.
+        # A queued state must not keep the request (its environ, its input stream), a
+        # traceback (its frames) or a span alive.
         state.request = None  # type: ignore[assignment]
         state.error = None
+        state.span = None
+        state.context_token = None
 
     def _capture_details(self, state: RequestState, ctx_g: Any, *, resolve: bool) -> None:
         """Copy ``g.track_var`` and the user, once per request: in ``after_request``, else at finish."""

@@ -12,11 +12,11 @@ demand, usually by the storage writer on its own thread.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from itertools import repeat
-from operator import call
+from operator import attrgetter, call
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -238,6 +238,7 @@ class RequestState:
         "exception",
         "method",
         "method_label",
+        "queued_bytes",
         "request",
         "response_size",
         "route",
@@ -291,6 +292,7 @@ class RequestState:
         self.environ_values: tuple[str | None, ...] | None = None
         self.authorization = False
         self.view_args: dict[str, Any] | None = None
+        self.queued_bytes = 0
 
     def capture(self) -> None:
         """Copy the raw request values a record needs, so the request itself can be let go.
@@ -313,8 +315,21 @@ class RequestState:
         return self._record
 
 
+RecordValues = tuple[Any, ...]
+"""A record's field values in ``UsageRecord`` field order (``FIELD_INDEX``).
+
+The storage writer builds its rows from these, so a queued request never has to become a
+``UsageRecord`` unless something needs one (a summary hook, a Flask-Track-Usage storage).
+"""
+
+
 def record_from_state(state: RequestState) -> UsageRecord:
-    """Build the record of a finished request from its captured state.
+    """Build the record of a finished request from its captured state (see :func:`record_values`)."""
+    return _new_record(record_values(state))
+
+
+def record_values(state: RequestState) -> RecordValues:
+    """The field values of a finished request's record, decoded, anonymized and redacted.
 
     Runs wherever the record is first needed: on the storage writer's thread for
     queued rows, so decoding, anonymization and GeoIP lookups cost the request nothing.
@@ -347,40 +362,51 @@ def record_from_state(state: RequestState) -> UsageRecord:
     if context.redactor is not None:
         # Before anything derives from it: url, url_args and every row, export and callable storage.
         query_string = context.redactor.query(query_string)
-    # Values in field order (tests/test_extension.py checks every field), set straight into the slots.
-    return _new_record(
-        (
-            state.timestamp,
-            state.speed,
-            state.method,
-            scheme,
-            _wsgi_text(http_host) or _server_host(scheme, server_name, server_port),
-            _wsgi_text(script_name) or "",
-            # As werkzeug's Request.path: decoded, exactly one leading slash.
-            "/" + (_wsgi_text(path_info) or "").lstrip("/"),
-            query_string,
-            state.route,
-            state.endpoint,
-            state.blueprint,
-            state.view_args or {},
-            state.status or 500,
-            _content_length(content_length),
-            state.response_size,
-            remote_addr,
-            xforwardedfor,
-            _wsgi_text(user_agent),
-            _wsgi_text(accept_language),
-            state.authorization,
-            state.username,
-            context.server_name,
-            protocol or "",
-            state.track_var or {},
-            state.exception,
-            state.trace_id,
-            state.span_id,
-            ip_info,
-        )
+    # In field order (tests/test_extension.py checks every field).
+    return (
+        state.timestamp,
+        state.speed,
+        state.method,
+        scheme,
+        _wsgi_text(http_host) or _server_host(scheme, server_name, server_port),
+        _wsgi_text(script_name) or "",
+        # As werkzeug's Request.path: decoded, exactly one leading slash.
+        "/" + (_wsgi_text(path_info) or "").lstrip("/"),
+        query_string,
+        state.route,
+        state.endpoint,
+        state.blueprint,
+        state.view_args or {},
+        state.status or 500,
+        _content_length(content_length),
+        state.response_size,
+        remote_addr,
+        xforwardedfor,
+        _wsgi_text(user_agent),
+        _wsgi_text(accept_language),
+        state.authorization,
+        state.username,
+        context.server_name,
+        protocol or "",
+        state.track_var or {},
+        state.exception,
+        state.trace_id,
+        state.span_id,
+        ip_info,
     )
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(field.name for field in fields(UsageRecord))
+FIELD_INDEX: dict[str, int] = {name: index for index, name in enumerate(FIELD_NAMES)}
+"""Where each ``UsageRecord`` field sits in a :data:`RecordValues` tuple."""
+
+values_of_record: Callable[[UsageRecord], RecordValues] = attrgetter(*FIELD_NAMES)
+"""A record's :data:`RecordValues` (one C call)."""
+
+
+def as_record(item: UsageRecord | RecordValues) -> UsageRecord:
+    """``item`` as a ``UsageRecord``: itself, or the record of its values."""
+    return _new_record(item) if type(item) is tuple else item  # type: ignore[arg-type,return-value]
 
 
 # Each field's slot descriptor's __set__, bound once: called with (record, value).

@@ -169,8 +169,11 @@ class BatchWriter:
 
     # -- the request path ---------------------------------------------------------------
 
-    def put(self, record: Any) -> bool:
-        """Queue one record without blocking; False when it was dropped (queue full or writer shut down)."""
+    def put(self, record: Any, nbytes: int | None = None) -> bool:
+        """Queue one record without blocking; False when it was dropped (queue full or writer shut down).
+
+        ``nbytes``: the record's size when the caller knows it already (else ``size_of`` is asked).
+        """
         if self._thread is None and not self._ensure_thread():
             self._count_drop("shutdown")
             return False
@@ -178,8 +181,9 @@ class BatchWriter:
         if len(queue) >= self.queue_size:
             self._count_drop("queue_full")
             return False
-        if self._size_of is not None:
+        if nbytes is None and self._size_of is not None:
             nbytes = self._size_of(record)
+        if nbytes:
             if self._bytes + nbytes > self.queue_bytes:
                 self._count_drop("queue_full")
                 return False
@@ -323,6 +327,10 @@ class BatchWriter:
     def _prepared(self, items: list[Any]) -> Batch:
         prepare = self._prepare
         assert prepare is not None
+        try:
+            return Batch(map(prepare, items))  # the usual case, looped in C
+        except Exception:  # an item it fails on: found and dropped, alone, below
+            pass
         records = Batch()
         for item in items:
             try:

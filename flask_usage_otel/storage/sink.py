@@ -1,10 +1,13 @@
 """``StorageSink``: hands each finished request to a storage, off the request path.
 
-Only plain data crosses to the writer thread: the request's state is copied into a
-:class:`PlainState` of strings, numbers and small dicts/lists of them
-(:func:`plain`), so nothing the writer later touches is bound to the request
-(a ``LocalProxy``, the session, an ORM object) or can fail when read. A value that
-cannot be made plain drops its row alone, counted as ``unserialisable``.
+Only plain data crosses to the writer thread: the finished request's state is queued
+itself, once the values the app gave it (``g.track_var``, ``view_args``) are plain
+strings, numbers and small dicts/lists of them (:func:`make_plain`), so nothing the
+writer later touches is bound to the request (a ``LocalProxy``, the session, an ORM
+object) or can fail when read. Every other value of the state is the tracking's own
+(strings and numbers), and the tracker lets go of the request, its span and its
+exception once every sink has finished. A value that cannot be made plain drops its
+row alone, counted as ``unserialisable``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app, has_app_context
 
-from ..record import UsageRecord, record_from_state
-from ..sinks import RequestState, Sink
+from ..record import RecordValues, RequestState, UsageRecord, as_record, record_values, values_of_record
+from ..sinks import Sink
 from .batch import BatchWriter
 
 if TYPE_CHECKING:
@@ -30,88 +33,46 @@ MAX_DEPTH = 32
 MAX_ITEMS = 10_000
 """Most scalars and containers in one row's ``track_var`` and ``view_args`` together."""
 ROW_OVERHEAD_BYTES = 1_000
-"""Memory a queued row holds besides its strings (objects, the tuple, the deque slot)."""
+"""Memory a queued row holds besides its strings (the state object, the deque slot)."""
 
 _SCALARS = (str, int, float, bool, type(None))
 _SCALAR_TYPES = frozenset(_SCALARS)
 _FLAT_FAST_PATH = 64  # most keys of a flat dict checked by the fast path
+_EMPTY_KINDS = frozenset((dict, type(None)))  # an empty value of these kinds is kept as it is
 
 
 class Unserialisable(ValueError):
     """A value of the request cannot be turned into plain data."""
 
 
-class PlainState:
-    """A finished request's state as plain values: what ``record_from_state`` reads, and its estimated size."""
+def make_plain(state: RequestState) -> int:
+    """Turn the app-given values of a finished request's state into plain data, in place, and
+    return an estimate of the bytes the queued state holds (also kept as ``state.queued_bytes``).
 
-    __slots__ = (
-        "authorization",
-        "blueprint",
-        "context",
-        "endpoint",
-        "environ_values",
-        "exception",
-        "method",
-        "nbytes",
-        "response_size",
-        "route",
-        "span_id",
-        "speed",
-        "status",
-        "timestamp",
-        "trace_id",
-        "track_var",
-        "username",
-        "view_args",
-    )
-
-    def capture(self) -> None:
-        """Already captured (``record_from_state`` calls it on request states)."""
-
-
-def plain_state(state: RequestState) -> PlainState:
-    """The state's values as plain data, with an estimate of the bytes they hold (``nbytes``).
-
-    Runs on the request thread for every tracked request, so the usual case (text,
-    numbers, a small flat ``track_var``) takes a fast path of type checks and copies.
+    Runs on the request thread for every tracked request: the usual case (no ``track_var``,
+    no or a few plain ``view_args``) is a couple of type checks.
 
     :raises Unserialisable: a value is too deep, too large, or its conversion to text failed.
     """
-    if state.environ_values is None:
+    values = state.environ_values
+    if values is None:
         state.capture()
-    budget = [MAX_ITEMS]
-    out = PlainState()
-    environ_values = state.environ_values
-    out.environ_values = environ_values
-    out.authorization = state.authorization is True or bool(state.authorization)
-    # None or an empty dict (most requests' track_var, every rule without variables) is
-    # kept as it is; only a mapping with items takes the copy.
-    value = state.view_args
-    out.view_args = value if value is None or (not value and type(value) is dict) else _plain_mapping(value, budget)
-    value = state.track_var
-    out.track_var = value if value is None or (not value and type(value) is dict) else _plain_mapping(value, budget)
-    value = state.username
-    out.username = value if value is None or type(value) is str else _text(value)
-    value = state.exception
-    out.exception = value if value is None or type(value) is str else _text(value)
-    value = state.blueprint
-    out.blueprint = value if value is None or type(value) is str else _text(value)
-    value = state.endpoint
-    out.endpoint = value if value is None or type(value) is str else _text(value)
-    value = state.status
-    out.status = value if value is None or type(value) is int else _integer(value)
-    value = state.response_size
-    out.response_size = value if value is None or type(value) is int else _integer(value)
-    out.route = state.route
-    out.method = state.method
-    out.speed = state.speed
-    out.timestamp = state.timestamp
-    out.trace_id = state.trace_id
-    out.span_id = state.span_id
-    out.context = state.context
-    size = ROW_OVERHEAD_BYTES + len("".join(filter(None, environ_values or ())))
-    out.nbytes = size + 50 * (MAX_ITEMS - budget[0])  # containers and scalars of track_var / view_args
-    return out
+        values = state.environ_values
+    # Strings of the environ; track_var and view_args add 50 bytes per container or scalar.
+    nbytes = ROW_OVERHEAD_BYTES + len("".join(filter(None, values)))  # type: ignore[arg-type]
+    # None or an empty dict (most requests' track_var, every rule without variables) is kept as
+    # it is; a mapping with items is copied, so later changes by the app are not seen.
+    view_args = state.view_args
+    track_var = state.track_var
+    if view_args or track_var or not (type(view_args) in _EMPTY_KINDS and type(track_var) in _EMPTY_KINDS):
+        budget = [MAX_ITEMS]
+        if view_args is not None:
+            state.view_args = _plain_mapping(view_args, budget)
+        if track_var is not None:
+            state.track_var = _plain_mapping(track_var, budget)
+        nbytes += 50 * (MAX_ITEMS - budget[0])
+    state.queued_bytes = nbytes
+    return nbytes
 
 
 def plain(value: Any) -> Any:
@@ -184,15 +145,6 @@ def _text(value: Any) -> str | None:
         raise Unserialisable(f"str() of a {type(value).__name__} failed ({type(exc).__name__})") from None
 
 
-def _integer(value: Any) -> int | None:
-    if value is None or type(value) is int:
-        return value
-    try:
-        return int(value)
-    except Exception as exc:
-        raise Unserialisable(f"not an integer: a {type(value).__name__} ({type(exc).__name__})") from None
-
-
 class StorageSink(Sink):
     """Queues each request's plain state for a :class:`BatchWriter` (or, with
     ``TRACK_USAGE_SYNC_WRITES``, writes it at once, which is meant for tests and scripts)."""
@@ -214,8 +166,9 @@ class StorageSink(Sink):
                 flush_interval=settings.flush_interval,
                 linger=settings.batch_linger,
                 metrics=metrics,
-                # The request thread queues plain values; the writer builds the record from them.
-                prepare=queued_record,
+                # The request thread queues the plain state; the writer makes what the storage
+                # writes from it: record values for a storage that takes them (SQLStorage), else records.
+                prepare=queued_values if getattr(storage, "takes_record_values", False) else queued_record,
                 size_of=queued_size,
             )
 
@@ -243,21 +196,30 @@ def enqueue(writer: BatchWriter, state: RequestState) -> None:
     """Queue a finished request for a background writer as plain data (every sink that writes
     off the request path goes through here): a request whose values cannot be made plain is
     dropped alone, counted as ``unserialisable``. The writer must use :func:`queued_size` and
-    :func:`queued_record`."""
+    :func:`queued_record` or :func:`queued_values`."""
     try:
-        values = plain_state(state)
+        nbytes = make_plain(state)
     except (Unserialisable, RecursionError) as exc:
         writer._count_drop("unserialisable", exc=exc)
         return
-    writer.put(values)
+    writer.put(state, nbytes)
 
 
-def queued_size(item: PlainState | UsageRecord) -> int:
+def queued_size(item: RequestState | UsageRecord | RecordValues) -> int:
     """The bytes a queued item holds, for the writer's ``queue_bytes`` bound."""
-    return item.nbytes if type(item) is PlainState else ROW_OVERHEAD_BYTES
+    return item.queued_bytes if type(item) is RequestState else ROW_OVERHEAD_BYTES
 
 
-def queued_record(item: PlainState | UsageRecord) -> UsageRecord:
-    """The record of a queued item, built on the writer thread."""
-    # A batch put back after a failed shutdown write holds records already.
-    return item if isinstance(item, UsageRecord) else record_from_state(item)  # type: ignore[arg-type]
+# A batch put back after a failed shutdown write holds what these made already: each takes that too.
+
+
+def queued_record(item: RequestState | UsageRecord | RecordValues) -> UsageRecord:
+    """The record of a queued request, built on the writer thread."""
+    return as_record(record_values(item)) if type(item) is RequestState else as_record(item)  # type: ignore[arg-type]
+
+
+def queued_values(item: RequestState | UsageRecord | RecordValues) -> RecordValues:
+    """The record values of a queued request (no ``UsageRecord`` made), built on the writer thread."""
+    if type(item) is RequestState:
+        return record_values(item)  # type: ignore[arg-type]
+    return item if type(item) is tuple else values_of_record(item)  # type: ignore[arg-type,return-value]

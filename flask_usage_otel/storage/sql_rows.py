@@ -20,62 +20,23 @@ written completely or not at all.
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from datetime import datetime, timedelta
-from functools import lru_cache
-from operator import gt, itemgetter, length_hint
+from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from .. import columns
-from ..record import first_language
-from ..useragent import parse_user_agent
+from .. import columns as columns_module
+from .row_builder import RowBuilder
+from .sql_text import TRUNCATED_JSON_KEY, clean_text, json_text, record_url, values_url
 
 if TYPE_CHECKING:
-    from ..record import UsageRecord
+    from ..record import RecordValues, UsageRecord
 
-# The three groups of columns, each in table order; a row is its text, then JSON, then plain values.
-TEXT_COLUMNS: tuple[str, ...] = columns.TEXT_COLUMNS
-JSON_COLUMNS: tuple[str, ...] = columns.JSON_COLUMNS
-PLAIN_COLUMNS: tuple[str, ...] = columns.PLAIN_COLUMNS
-INTEGER_LIMITS: dict[str, int] = columns.COLUMN_LIMITS
-"""Largest value per integer column (INTEGER, BIGINT); a value outside the column's range is stored as NULL."""
+__all__ = ["TRUNCATED_JSON_KEY", "Inserter", "RowBuilder", "clean_text", "json_text", "record_url", "values_url"]
 
-TRUNCATED_JSON_KEY = "_truncated"
-
-# Encoder built once: json.dumps with options builds a new JSONEncoder per call.
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
-
-
-def _encode_json(value: Any) -> str:
-    """``_JSON.encode(value)``, calling the C encoder it would use straight, without its Python-level setup."""
-    if _c_make_encoder is None:  # no C accelerator in this Python
-        return _JSON.encode(value)
-    # A fresh markers dict per call, as JSONEncoder does: circular data is refused, and threads share nothing.
-    chunks = _c_make_encoder({}, str, _c_encode_text, None, ":", ",", False, False, True)(value, 0)
-    return "".join(chunks)
-
-
-_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_text = json.encoder.encode_basestring  # the C function when the accelerator is there
-# Characters quote(path, safe="/:@!$&()*+,;=~") would change; most paths have none and skip quoting.
-_PATH_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.\-~/:@!$&()*+,;=]").search
-_cached_language = lru_cache(maxsize=1024)(first_language)
-_MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
-
-
-def _language(accept_language: str | None) -> str | None:
-    if accept_language is not None and len(accept_language) > _MAX_CACHED_LANGUAGE:
-        return first_language(accept_language)
-    return _cached_language(accept_language)
-
-
-_EPOCH = datetime(1970, 1, 1)
 # Values each plain column takes, to find the bind processors that change nothing for them.
 _PLAIN_SAMPLES: dict[str, tuple[Any, ...]] = {
     "status": (200, 404),
@@ -89,158 +50,6 @@ _DATETIME_SAMPLES = (
     datetime(1999, 12, 31),
     datetime(2024, 1, 2, 3, 4, 5, 6),
 )
-
-
-def clean_text(value: Any, width: int | None) -> str | None:
-    """Text the database accepts: no NUL (PostgreSQL refuses it), no lone surrogates, at most ``width`` characters."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    if width is not None and len(text) > width:
-        text = text[:width]
-    return text
-
-
-def json_text(value: Any, width: int) -> str | None:
-    """``value`` as compact JSON of at most ``width`` characters (None stays NULL)."""
-    if not value:
-        if value is None:
-            return None
-        if type(value) is dict or isinstance(value, Mapping):
-            return "{}"  # most requests: no view arguments, no track_var
-    text = _encode_json(value)
-    if not (text.isascii() and "\x00" not in text):
-        text = clean_text(text, None) or ""
-    if len(text) > width:
-        # Cut JSON is no longer JSON: keep a valid object that says so.
-        text = json.dumps({TRUNCATED_JSON_KEY: text[: width - 40]}, ensure_ascii=False)
-        text = text if len(text) <= width else json.dumps({TRUNCATED_JSON_KEY: True})
-    return text
-
-
-def record_url(record: UsageRecord) -> str:
-    """``record.url`` (``request.url``), which takes a fast path for plain ASCII URLs itself."""
-    try:
-        return record.url
-    except UnicodeEncodeError:  # a lone surrogate: quote() refuses it, so the row would be lost
-        return replace(record, path=clean_text(record.path, None), script_root=clean_text(record.script_root, None)).url
-
-
-# How a column's value is computed from the record, where it is not simply ``record.<record_field>``.
-# ``ua`` is the parsed User-Agent header.
-_COMPUTED: dict[str, str] = {
-    "url": "record_url(record)",
-    "ua_browser": "ua.browser",
-    "ua_language": "_language(record.accept_language)",
-    "ua_platform": "ua.platform",
-    "ua_version": "ua.version",
-    # Naive UTC, as Flask-Track-Usage stored it; the same value as
-    # datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) (both round half to even) in half the time.
-    "datetime": "_EPOCH + timedelta(seconds=record.timestamp)",
-}
-
-
-def _values_function(names: Sequence[str]) -> Callable[[UsageRecord], tuple[Any, ...]]:
-    """A function giving a record's values for ``names``, in that order, as a tuple.
-
-    It is compiled once from the column list: one plain Python function per group of columns
-    runs several times faster per row on the writer's thread than a loop over getters.
-    """
-    expressions = [_COMPUTED.get(name, f"record.{columns.BY_NAME[name].record_field}") for name in names]
-    lines = ["def values(record):"]
-    if any(e.startswith("ua.") for e in expressions):
-        lines.append("    ua = parse_user_agent(record.user_agent)  # lru_cached: one parse per distinct header")
-    lines.append(f"    return ({', '.join(expressions)},)")
-    namespace: dict[str, Any] = {
-        "record_url": record_url,
-        "_language": _language,
-        "parse_user_agent": parse_user_agent,
-        "_EPOCH": _EPOCH,
-        "timedelta": timedelta,
-    }
-    exec("\n".join(lines), namespace)  # the source is built above from the fixed column list only
-    return namespace["values"]  # type: ignore[no-any-return]
-
-
-_text_values = _values_function(TEXT_COLUMNS)
-_json_values = _values_function(JSON_COLUMNS)
-_plain_values = _values_function(PLAIN_COLUMNS)
-
-
-class RowBuilder:
-    """Turns records into parameter tuples for the columns a table really has, in ``columns`` order.
-
-    :param columns: the table's columns (others, such as ``id`` or a user's own, are left out).
-    :param widths: most characters per text and JSON column (narrower on an old table).
-    :param processors: per column, a function converting the value to what the driver takes
-        (SQLAlchemy's bind processors, e.g. datetimes as text on SQLite); None leaves values as they are.
-    """
-
-    def __init__(
-        self,
-        columns: Sequence[str],
-        widths: Mapping[str, int],
-        processors: Mapping[str, Callable[[Any], Any]] | None = None,
-    ) -> None:
-        present = set(columns)
-        text = [c for c in TEXT_COLUMNS if c in present]
-        json_columns = [c for c in JSON_COLUMNS if c in present]
-        plain = [c for c in PLAIN_COLUMNS if c in present]
-        self.columns: tuple[str, ...] = (*text, *json_columns, *plain)
-        self._text_widths = tuple(widths[c] for c in text)
-        self._json_widths = tuple(widths[c] for c in json_columns)
-        # An older table lacks some columns: pick the ones it has (None: it has them all).
-        self._pick_text = _picker(TEXT_COLUMNS, text)
-        self._pick_json = _picker(JSON_COLUMNS, json_columns)
-        self._pick_plain = _picker(PLAIN_COLUMNS, plain)
-        # A hostile Content-Length must not fail the INSERT: out-of-range integers become NULL.
-        self._bounded = tuple(
-            (i, INTEGER_LIMITS[name]) for i, name in enumerate(self.columns) if name in INTEGER_LIMITS
-        )
-        self._processors = tuple(
-            (i, fn) for i, name in enumerate(self.columns) if (fn := (processors or {}).get(name)) is not None
-        )
-
-    def rows(self, records: Sequence[UsageRecord]) -> list[tuple[Any, ...]]:
-        """One parameter tuple per record."""
-        return [self.row(record) for record in records]
-
-    def row(self, record: UsageRecord) -> tuple[Any, ...]:
-        """The parameter tuple of one record."""
-        texts = _text_values(record)
-        if self._pick_text is not None:
-            texts = self._pick_text(texts)
-        widths = self._text_widths
-        try:
-            joined = "".join(filter(None, texts))
-        except TypeError:  # a value that is not text (a username given as a number): clean each one
-            joined = "\x00"
-        if joined.isascii() and "\x00" not in joined:
-            # The common case: one check of all the text at once, then only the lengths, compared in C
-            # (length_hint gives len() of a str, 0 for None).
-            if any(map(gt, map(length_hint, texts), widths)):
-                fitted = [v if v is None or len(v) <= w else v[:w] for v, w in zip(texts, widths, strict=True)]
-            else:
-                fitted = list(texts)
-        else:
-            fitted = [clean_text(v, w) for v, w in zip(texts, widths, strict=True)]
-        mappings = _json_values(record)
-        if self._pick_json is not None:
-            mappings = self._pick_json(mappings)
-        fitted += [json_text(value, width) for value, width in zip(mappings, self._json_widths, strict=True)]
-        plain = _plain_values(record)
-        fitted += plain if self._pick_plain is None else self._pick_plain(plain)
-        for index, limit in self._bounded:
-            value = fitted[index]
-            if value is not None and not -limit - 1 <= value <= limit:
-                fitted[index] = None
-        for index, process in self._processors:
-            fitted[index] = process(fitted[index])
-        return tuple(fitted)
 
 
 def _cheaper_processor(column: str, process: Callable[[Any], Any]) -> Callable[[Any], Any] | None:
@@ -295,7 +104,7 @@ class Inserter:
     """
 
     def __init__(self, table: sa.Table, columns: Sequence[str], widths: Mapping[str, int], dialect: sa.Dialect):
-        known = set(TEXT_COLUMNS) | set(JSON_COLUMNS) | set(PLAIN_COLUMNS)
+        known = set(columns_module.TEXT_COLUMNS) | set(columns_module.JSON_COLUMNS) | set(columns_module.PLAIN_COLUMNS)
         columns = [c for c in columns if c in known]
         self._dialect = dialect
         preparer = dialect.identifier_preparer
@@ -317,7 +126,8 @@ class Inserter:
         self._sqlite = self.method == "executemany" and driver == "pysqlite"
         if self._sqlite:
             processors.update((name, _BOOL_AS_INT) for name in columns if name in _BOOLEAN_COLUMNS)
-        self.builder = RowBuilder(columns, widths, processors)
+        # The text every driver gets for a datetime anyway, made faster than from a datetime.
+        self.builder = RowBuilder(columns, widths, processors, datetime_text=self.method != "sqlalchemy")
         names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
         target = _raw_identifier(preparer, table.name)
         if table.schema:
@@ -337,7 +147,7 @@ class Inserter:
         self._names = names
         self._statements: dict[tuple[bool, ...], tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
-    def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
+    def insert(self, conn: sa.Connection, records: Sequence[UsageRecord | RecordValues]) -> None:
         """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""
         rows = self.builder.rows(records)
         if self._sqlite:

@@ -233,7 +233,7 @@ def test_caches_keyed_by_raw_headers_do_not_keep_the_headers() -> None:
     import tracemalloc
 
     from flask_usage_otel.privacy import Anonymizer
-    from flask_usage_otel.storage.sql_rows import _language
+    from flask_usage_otel.storage.sql_text import language as _language
     from flask_usage_otel.useragent import parse_user_agent
 
     anonymizer = Anonymizer("hash", b"key")

@@ -1,0 +1,53 @@
+"""The compiled row function: the same values as the plain definitions it replaces, per row."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+import pytest
+
+from flask_usage_otel.columns import COLUMN_WIDTHS
+from flask_usage_otel.storage.row_builder import RowBuilder, timestamp_text
+
+from .conftest import make_record
+
+EPOCH = datetime(1970, 1, 1)
+
+
+def reference_text(timestamp: float) -> str:
+    return (EPOCH + timedelta(seconds=timestamp)).isoformat(" ", "microseconds")
+
+
+def test_timestamp_text_is_the_datetimes_iso_text() -> None:
+    rng = random.Random(16)
+    stamps = [0.0, 1.0, 1e-7, 0.4999995, 1_700_000_000.0, 4_102_444_800.9999995, 253_402_300_799.0]
+    stamps += [rng.uniform(0, 4.2e9) for _ in range(20_000)]
+    # Halfway between two microseconds (round half to even) and just below the next second (a carry).
+    stamps += [s + (m + 0.5) / 1e6 for s in (1_700_000_000, 1_234_567_890) for m in range(0, 1_000_000, 997)]
+    stamps += [s + 1 - k * 1e-7 for s in (1_700_000_000, 86_399, 951_782_399) for k in range(1, 8)]
+    for stamp in stamps:
+        assert timestamp_text(stamp) == reference_text(stamp), repr(stamp)
+
+
+@pytest.mark.parametrize("stamp", [-1.5, -0.0000005, -86_400.25])
+def test_timestamp_text_before_1970(stamp: float) -> None:
+    assert timestamp_text(stamp) == reference_text(stamp)
+
+
+def test_datetime_as_text_is_what_the_datetime_processor_gives() -> None:
+    def iso(value: datetime) -> str:
+        return value.isoformat(" ", "microseconds")
+
+    names = [*COLUMN_WIDTHS, "status", "datetime", "speed"]
+    as_text = RowBuilder(names, COLUMN_WIDTHS, {"datetime": iso}, datetime_text=True)
+    processed = RowBuilder(names, COLUMN_WIDTHS, {"datetime": iso})
+    for stamp in (1_700_000_000.123456, 1_700_000_000.9999996, 1_234_567_890.0000005):
+        record = make_record(timestamp=stamp)
+        assert as_text.row(record) == processed.row(record)
+
+
+def test_source_reads_the_values_by_index() -> None:
+    builder = RowBuilder(["path", "status"], {"path": 8})
+    assert builder.source.startswith("def row(v):")
+    assert builder.row(make_record(path="/a/very/long/path", status=3_000_000_000)) == ("/a/very/", None)
