@@ -38,7 +38,8 @@ from werkzeug.urls import iri_to_uri
 
 from .config import ConfigError
 from .otel.attributes import split_host
-from .record import STANDARD_METHODS, UsageRecord, first_language
+from .record import STANDARD_METHODS, UsageRecord
+from .request_text import first_language
 from .sinks import RequestState, Sink
 from .storage.batch import BatchWriter
 from .storage.sink import enqueue, queued_record, queued_size

@@ -11,7 +11,6 @@ demand, usually by the storage writer on its own thread.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -20,8 +19,7 @@ from operator import attrgetter, call
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from werkzeug.sansio.utils import get_current_url, get_host
-
+from .request_text import first_language, full_url
 from .useragent import UserAgentInfo, parse_user_agent
 
 if TYPE_CHECKING:
@@ -133,53 +131,6 @@ class UsageRecord:
             ua_version=ua.version,
         )
         return data
-
-
-# Characters that Werkzeug's quote leaves as they are and uri_to_iri does not touch (no "%"):
-# a path or query made only of these is copied into the URL as it is. A search for any other
-# character is cheaper than a full match of the allowed ones.
-_PATH_NEEDS_WORK = re.compile(r"[^A-Za-z0-9_.~!$&'()*+,/:;=@-]").search
-_QUERY_NEEDS_WORK = re.compile(r"[^A-Za-z0-9_.~!$&'()*+,/:;=?@-]").search
-_PREFIXES: dict[tuple[str, str, str], str | None] = {}
-_MAX_PREFIXES = 256
-
-
-def full_url(scheme: str, host: str, script_root: str, path: str, query_string: str) -> str:
-    """What ``request.url`` gives for these request parts (Werkzeug's ``get_current_url``).
-
-    Most URLs are plain ASCII: for them the scheme, host and script root are normalised
-    once per distinct value (cached) and the path and query are appended as they are,
-    the same text Werkzeug's quoting and IRI decoding would give, in a fraction of the time.
-    """
-    key = (scheme, host, script_root)
-    prefix = _PREFIXES.get(key)
-    if prefix is None and key not in _PREFIXES:
-        if len(_PREFIXES) >= _MAX_PREFIXES:  # hosts come from clients: keep the cache bounded
-            _PREFIXES.clear()
-        prefix = _PREFIXES[key] = _url_prefix(scheme, host, script_root)
-    if prefix is not None and not _PATH_NEEDS_WORK(path) and not (query_string and _QUERY_NEEDS_WORK(query_string)):
-        tail = path.lstrip("/")
-        return f"{prefix}{tail}?{query_string}" if query_string else prefix + tail
-    return get_current_url(scheme, get_host(scheme, host), script_root, path, query_string.encode())
-
-
-def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:
-    """``scheme://host/script_root/`` as ``request.url`` starts, or None when only the slow path is exact."""
-    normalised = get_host(scheme, host)
-    if not normalised:
-        return None
-    prefix = get_current_url(scheme, normalised, script_root, "")
-    return prefix if prefix.endswith("/") else None
-
-
-def first_language(accept_language: str | None) -> str | None:
-    """The first language tag of an ``Accept-Language`` value, or None when there is none."""
-    if not accept_language:
-        return None
-    tag = accept_language.split(",", 1)[0].split(";", 1)[0].strip()
-    if not tag or tag == "*" or len(tag) > 35 or not all(c.isalnum() or c == "-" for c in tag):
-        return None
-    return tag
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +285,12 @@ def record_values(state: RequestState) -> RecordValues:
     Runs wherever the record is first needed: on the storage writer's thread for
     queued rows, so decoding, anonymization and GeoIP lookups cost the request nothing.
     """
-    state.capture()
+    values = state.environ_values
+    if values is None:
+        state.capture()
+        values = state.environ_values
+    if not "".join(filter(None, values)).isascii():  # type: ignore[arg-type]
+        values = _decoded(values)  # type: ignore[arg-type]
     (
         scheme,
         http_host,
@@ -349,16 +305,15 @@ def record_values(state: RequestState) -> RecordValues:
         user_agent,
         accept_language,
         protocol,
-    ) = state.environ_values  # type: ignore[misc]
+    ) = values  # type: ignore[misc]
     context = state.context
-    xforwardedfor = _wsgi_text(xforwardedfor)
     # Locate first, then anonymize: the country is right, and the address is not kept.
     ip_info = context.geoip.lookup(remote_addr) if context.geoip is not None else None
     if context.anonymizer is not None:
         remote_addr = context.anonymizer.address(remote_addr)
         xforwardedfor = context.anonymizer.chain(xforwardedfor)
     scheme = scheme or "http"
-    query_string = _wsgi_text(query_string) or ""
+    query_string = query_string or ""
     if context.redactor is not None:
         # Before anything derives from it: url, url_args and every row, export and callable storage.
         query_string = context.redactor.query(query_string)
@@ -368,10 +323,10 @@ def record_values(state: RequestState) -> RecordValues:
         state.speed,
         state.method,
         scheme,
-        _wsgi_text(http_host) or _server_host(scheme, server_name, server_port),
-        _wsgi_text(script_name) or "",
+        http_host or _server_host(scheme, server_name, server_port),
+        script_name or "",
         # As werkzeug's Request.path: decoded, exactly one leading slash.
-        "/" + (_wsgi_text(path_info) or "").lstrip("/"),
+        "/" + (path_info or "").lstrip("/"),
         query_string,
         state.route,
         state.endpoint,
@@ -382,8 +337,8 @@ def record_values(state: RequestState) -> RecordValues:
         state.response_size,
         remote_addr,
         xforwardedfor,
-        _wsgi_text(user_agent),
-        _wsgi_text(accept_language),
+        user_agent,
+        accept_language,
         state.authorization,
         state.username,
         context.server_name,
@@ -433,6 +388,26 @@ def _content_length(value: str | None) -> int | None:
 def _server_host(scheme: str, name: str | None, port: str | None) -> str:
     default_port = "443" if scheme == "https" else "80"
     return (name or "") if not port or port == default_port else f"{name or ''}:{port}"
+
+
+# The environ values (``ENVIRON_KEYS`` order) that hold text the client sent, decoded from WSGI's latin-1.
+_CLIENT_TEXT = frozenset(
+    (
+        "HTTP_HOST",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "HTTP_X_FORWARDED_FOR",
+        "HTTP_USER_AGENT",
+        "HTTP_ACCEPT_LANGUAGE",
+    )
+)
+_DECODED = tuple(key in _CLIENT_TEXT for key in ENVIRON_KEYS)
+
+
+def _decoded(values: tuple[str | None, ...]) -> tuple[str | None, ...]:
+    """The environ values with the client's text decoded as UTF-8 (only needed when one is not ASCII)."""
+    return tuple(_wsgi_text(value) if decode else value for value, decode in zip(values, _DECODED, strict=True))
 
 
 def _wsgi_text(value: str | None) -> str | None:

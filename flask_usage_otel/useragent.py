@@ -55,6 +55,10 @@ _PLATFORMS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+LONGEST_NAME = max(len(name) for name, _ in (*_BROWSERS, *_PLATFORMS))
+"""The longest ``browser`` or ``platform`` a parse gives."""
+
+
 def parse_user_agent(user_agent: str | None) -> UserAgentInfo:
     """Parse a ``User-Agent`` header into (browser, platform, version); unknown parts are None."""
     if not user_agent:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import columns
 from ..record import FIELD_INDEX, values_of_record
-from ..useragent import parse_user_agent
+from ..useragent import LONGEST_NAME, parse_user_agent
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ INTEGER_LIMITS: dict[str, int] = columns.COLUMN_LIMITS
 
 # Text columns whose values can never be longer than this: a width at least as wide needs no check.
 _LONGEST: dict[str, int] = {
-    "ua_browser": 16,  # names from useragent's fixed list
-    "ua_platform": 16,
+    "ua_browser": LONGEST_NAME,  # names from useragent's fixed lists
+    "ua_platform": LONGEST_NAME,
     "ua_language": 35,  # first_language refuses longer tags
     "trace_id": 32,  # hex, as formatted by the OTel sink
     "span_id": 16,
@@ -127,7 +127,11 @@ class RowBuilder:
                     out.append(name)
                 else:
                     out.append(f"({name} if {name} is None or len({name}) <= {width} else {name}[:{width}])")
-        out += [f"json_text({_expression(c)}, {widths[c]})" for c in json_columns]
+        # None and {} (most requests' ip_info, track_var, view_args) without a call.
+        out += [
+            f"(None if (x := {_expression(c)}) is None else '{{}}' if x == {{}} else json_text(x, {widths[c]}))"
+            for c in json_columns
+        ]
         for column in plain:
             value = (
                 f"timestamp_text({_field('timestamp')})"

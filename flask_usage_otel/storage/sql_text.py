@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ..record import first_language, full_url
+from ..request_text import first_language, full_url
 
 if TYPE_CHECKING:
     from ..record import UsageRecord
