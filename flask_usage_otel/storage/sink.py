@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, has_app_context
-
 from ..record import RecordValues, RequestState, UsageRecord, as_record, record_values, values_of_record
 from ..sinks import Sink
 from .batch import BatchWriter
@@ -154,8 +152,6 @@ class StorageSink(Sink):
     def __init__(self, storage: Storage, settings: Settings, metrics: PrometheusMetrics | None) -> None:
         self.storage = storage
         self._metrics = metrics
-        # A storage that needs the app (one using Flask-SQLAlchemy's engine) learns it on the first request.
-        self._bind_app = getattr(storage, "bind_app", None)
         self.writer: BatchWriter | None = None
         if not settings.sync_writes:
             self.writer = BatchWriter(
@@ -173,9 +169,6 @@ class StorageSink(Sink):
             )
 
     def finish(self, state: RequestState) -> None:
-        if self._bind_app is not None and has_app_context():
-            bind, self._bind_app = self._bind_app, None
-            bind(current_app._get_current_object())  # type: ignore[attr-defined]
         writer = self.writer
         if writer is None:
             self.storage.store([state.record])
