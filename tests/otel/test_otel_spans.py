@@ -89,6 +89,34 @@ def test_spans_of_the_view_nest_under_the_server_span(make_app, exporter):
     assert server.parent is None
 
 
+def test_an_outer_span_that_is_not_a_server_span_is_the_parent(make_app, exporter, tracer_provider):
+    """A layer outside the app (a middleware's INTERNAL span) made its span current: ours nests under it."""
+    app, _ = make_app()
+    inner = app.wsgi_app
+    outer_tracer = tracer_provider.get_tracer("outer")
+
+    def middleware(environ, start_response):
+        with outer_tracer.start_as_current_span("outer"):
+            return inner(environ, start_response)
+
+    app.wsgi_app = middleware
+    app.test_client().get("/items/1")
+
+    server = only_server_span(exporter)
+    (outer,) = [s for s in exporter.get_finished_spans() if s.name == "outer"]
+    assert server.parent is not None
+    assert server.parent.span_id == outer.context.span_id
+    assert server.context.trace_id == outer.context.trace_id
+
+
+def test_sampled_flag_is_the_sdk_flag():
+    from opentelemetry.trace import TraceFlags
+
+    from flask_usage_otel.otel.sink import _SAMPLED
+
+    assert _SAMPLED == TraceFlags.SAMPLED
+
+
 def test_context_is_detached_after_the_request(make_app, exporter):
     from opentelemetry import trace
 
