@@ -77,6 +77,50 @@ def test_default_port_follows_scheme(make_app, exporter):
     assert (attributes["server.address"], attributes["server.port"]) == ("secure.example", 443)
 
 
+def test_each_host_and_scheme_of_a_route_has_its_own_server_attributes(make_app, exporter):
+    app, _ = make_app()
+    client = app.test_client()
+    client.get("/items/1", headers={"Host": "a.example:8080"})
+    client.get("/items/2", headers={"Host": "b.example"}, base_url="https://b.example")
+    client.get("/items/3", headers={"Host": "a.example:8080"})
+
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    seen = [
+        (
+            s.attributes["url.path"],
+            s.attributes["url.scheme"],
+            s.attributes["server.address"],
+            s.attributes["server.port"],
+        )
+        for s in spans
+    ]
+    assert seen == [
+        ("/items/1", "http", "a.example", 8080),
+        ("/items/2", "https", "b.example", 443),
+        ("/items/3", "http", "a.example", 8080),
+    ]
+
+
+def test_without_a_host_header_the_server_name_is_read_per_request(make_app, exporter):
+    """SERVER_NAME and SERVER_PORT are the WSGI server's, not part of any cache key: never reused."""
+    from werkzeug.test import EnvironBuilder
+
+    app, _ = make_app()
+    for name, port in (("first.internal", "8001"), ("second.internal", "8002")):
+        environ = EnvironBuilder(path="/items/1").get_environ()
+        del environ["HTTP_HOST"]
+        environ.update(SERVER_NAME=name, SERVER_PORT=port)
+        body = app(environ, lambda *args: None)
+        b"".join(body)
+        body.close()
+
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [(s.attributes["server.address"], s.attributes["server.port"]) for s in spans] == [
+        ("first.internal", 8001),
+        ("second.internal", 8002),
+    ]
+
+
 def test_spans_of_the_view_nest_under_the_server_span(make_app, exporter):
     app, _ = make_app()
     app.test_client().get("/items/1")
