@@ -22,7 +22,10 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class EndpointSpan:
-    """What every request to one (method, endpoint, route) shares: computed once."""
+    """A span name and the attributes every request of one kind shares: computed once.
+
+    Per (method, endpoint, route), and per that and the request's (Host, scheme, protocol).
+    """
 
     __slots__ = ("attributes", "name")
 
@@ -71,6 +74,25 @@ def endpoint_span(state: RequestState) -> EndpointSpan:
     if state.blueprint is not None:
         attributes["flask.blueprint"] = state.blueprint
     return EndpointSpan(f"{name_method} {state.route}", attributes)
+
+
+def connection_attributes(host: str | None, environ: dict[str, Any]) -> dict[str, Any]:
+    """``url.scheme``, ``server.address``, ``server.port`` and ``network.protocol.version``.
+
+    A function of the Host header, ``wsgi.url_scheme`` and ``SERVER_PROTOCOL`` (and, with no
+    Host header, of ``SERVER_NAME`` and ``SERVER_PORT``).
+    """
+    scheme = url_scheme(environ)
+    attributes: dict[str, Any] = {"url.scheme": scheme}
+    address, port = split_host(host, scheme, environ)
+    if address is not None:
+        attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+    version = protocol_version(environ.get("SERVER_PROTOCOL"))
+    if version is not None:
+        attributes["network.protocol.version"] = version
+    return attributes
 
 
 def split_host(host: str | None, scheme: str, environ: dict[str, Any]) -> tuple[str | None, int | None]:

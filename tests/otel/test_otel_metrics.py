@@ -123,7 +123,7 @@ def test_hostile_protocol_spellings_and_hosts_stay_bounded(make_app, reader, exp
     assert len(spans) == len(spellings)
     assert {s.attributes["network.protocol.version"] for s in spans} == versions
     sink = app.extensions["track_usage"]._trackers[app].sinks[0]
-    assert len(sink._hosts) <= 1024, "a cache keyed by the Host header is bounded"
+    assert len(sink._shapes) <= 1024, "a cache keyed by the Host header is bounded"
 
 
 def test_hostile_scheme_is_not_a_metric_attribute_value(make_app, reader, exporter):

@@ -77,6 +77,50 @@ def test_default_port_follows_scheme(make_app, exporter):
     assert (attributes["server.address"], attributes["server.port"]) == ("secure.example", 443)
 
 
+def test_each_host_and_scheme_of_a_route_has_its_own_server_attributes(make_app, exporter):
+    app, _ = make_app()
+    client = app.test_client()
+    client.get("/items/1", headers={"Host": "a.example:8080"})
+    client.get("/items/2", headers={"Host": "b.example"}, base_url="https://b.example")
+    client.get("/items/3", headers={"Host": "a.example:8080"})
+
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    seen = [
+        (
+            s.attributes["url.path"],
+            s.attributes["url.scheme"],
+            s.attributes["server.address"],
+            s.attributes["server.port"],
+        )
+        for s in spans
+    ]
+    assert seen == [
+        ("/items/1", "http", "a.example", 8080),
+        ("/items/2", "https", "b.example", 443),
+        ("/items/3", "http", "a.example", 8080),
+    ]
+
+
+def test_without_a_host_header_the_server_name_is_read_per_request(make_app, exporter):
+    """SERVER_NAME and SERVER_PORT are the WSGI server's, not part of any cache key: never reused."""
+    from werkzeug.test import EnvironBuilder
+
+    app, _ = make_app()
+    for name, port in (("first.internal", "8001"), ("second.internal", "8002")):
+        environ = EnvironBuilder(path="/items/1").get_environ()
+        del environ["HTTP_HOST"]
+        environ.update(SERVER_NAME=name, SERVER_PORT=port)
+        body = app(environ, lambda *args: None)
+        b"".join(body)
+        body.close()
+
+    spans = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert [(s.attributes["server.address"], s.attributes["server.port"]) for s in spans] == [
+        ("first.internal", 8001),
+        ("second.internal", 8002),
+    ]
+
+
 def test_spans_of_the_view_nest_under_the_server_span(make_app, exporter):
     app, _ = make_app()
     app.test_client().get("/items/1")
@@ -87,6 +131,34 @@ def test_spans_of_the_view_nest_under_the_server_span(make_app, exporter):
     assert child.parent.span_id == server.context.span_id
     assert child.context.trace_id == server.context.trace_id
     assert server.parent is None
+
+
+def test_an_outer_span_that_is_not_a_server_span_is_the_parent(make_app, exporter, tracer_provider):
+    """A layer outside the app (a middleware's INTERNAL span) made its span current: ours nests under it."""
+    app, _ = make_app()
+    inner = app.wsgi_app
+    outer_tracer = tracer_provider.get_tracer("outer")
+
+    def middleware(environ, start_response):
+        with outer_tracer.start_as_current_span("outer"):
+            return inner(environ, start_response)
+
+    app.wsgi_app = middleware
+    app.test_client().get("/items/1")
+
+    server = only_server_span(exporter)
+    (outer,) = [s for s in exporter.get_finished_spans() if s.name == "outer"]
+    assert server.parent is not None
+    assert server.parent.span_id == outer.context.span_id
+    assert server.context.trace_id == outer.context.trace_id
+
+
+def test_sampled_flag_is_the_sdk_flag():
+    from opentelemetry.trace import TraceFlags
+
+    from flask_usage_otel.otel.sink import _SAMPLED
+
+    assert _SAMPLED == TraceFlags.SAMPLED
 
 
 def test_context_is_detached_after_the_request(make_app, exporter):
