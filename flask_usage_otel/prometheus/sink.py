@@ -3,14 +3,18 @@
 Labelled children are looked up once per label tuple and kept as :class:`_Series`:
 the value cells they count in and the histograms' bucket bounds. A tracked request
 then costs one dict lookup, and each observation one ``bisect`` and the value cells'
-own locked ``inc``: the same cells, in the same order, that ``Counter.inc`` and
-``Histogram.observe`` would touch, without their per-call checks (made once here).
+own locked ``inc`` (and, with a sampled span, ``set_exemplar``): the same cells, in the
+same order, that ``Counter.inc`` and ``Histogram.observe`` would touch, without their
+per-call checks (made once here).
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from typing import Any
+
+from prometheus_client.samples import Exemplar
 
 from ..record import OTHER
 from ..sinks import RequestState, Sink
@@ -21,11 +25,9 @@ class _Series:
     """One label tuple's children and the value cells they count in."""
 
     __slots__ = (
-        "duration",
         "duration_bounds",
         "duration_buckets",
         "duration_sum",
-        "requests",
         "requests_value",
         "size_bounds",
         "size_buckets",
@@ -33,8 +35,6 @@ class _Series:
     )
 
     def __init__(self, requests: Any, duration: Any, size: Any) -> None:
-        self.requests = requests  # the children: the exemplar path goes through their public API
-        self.duration = duration
         self.requests_value = requests._value
         self.duration_sum = duration._sum
         self.duration_buckets = duration._buckets
@@ -74,14 +74,18 @@ class PrometheusSink(Sink):
         if series is None:
             series = self._series[key] = self._labelled(key)
         speed = state.speed
+        series.requests_value.inc(1)
+        series.duration_sum.inc(speed)
+        bucket = series.duration_buckets[bisect_left(series.duration_bounds, speed)]
+        bucket.inc(1)
         if self._exemplars and state.sampled:
-            exemplar = {"trace_id": state.trace_id, "span_id": state.span_id}
-            series.requests.inc(1, exemplar)
-            series.duration.observe(speed, exemplar)
-        else:
-            series.requests_value.inc(1)
-            series.duration_sum.inc(speed)
-            series.duration_buckets[bisect_left(series.duration_bounds, speed)].inc(1)
+            # What Counter.inc and Histogram.observe store with an exemplar, without their per-call
+            # checks: the label names are fixed and the values are 32 and 16 hex digits, 63
+            # characters in all, under the OpenMetrics limit of 128 that they check.
+            labels = {"trace_id": state.trace_id, "span_id": state.span_id}
+            now = time.time()
+            series.requests_value.set_exemplar(Exemplar(labels, 1, now))
+            bucket.set_exemplar(Exemplar(labels, speed, now))
         size = state.response_size
         if size is not None:
             series.size_sum.inc(size)
