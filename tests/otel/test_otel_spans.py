@@ -387,3 +387,30 @@ def test_odd_protocol_spelling_is_other_on_the_span(make_app, exporter):
     app, _ = make_app()
     app.test_client().get("/items/1", environ_overrides={"SERVER_PROTOCOL": "HTTP/1.7"})
     assert only_server_span(exporter).attributes["network.protocol.version"] == "_OTHER"
+
+
+def test_a_queued_row_keeps_no_span_or_context_alive(make_app, exporter):
+    import gc
+    import weakref
+
+    from opentelemetry import trace
+
+    spans: list[weakref.ref[object]] = []
+    storage = ListStorage()
+    app, track = make_app({"TRACK_USAGE_FLUSH_INTERVAL": 3600, "TRACK_USAGE_BATCH_SIZE": 100}, storage=storage)
+
+    @app.after_request
+    def remember(response: Response) -> Response:
+        spans.append(weakref.ref(trace.get_current_span()))
+        return response
+
+    for _ in range(3):
+        assert app.test_client().get("/items/7").status_code == 200
+    gc.collect()
+    assert storage.records == [], "the rows are still queued"
+    assert len(exporter.get_finished_spans()) == 6
+    assert [ref() for ref in spans] == [None, None, None], "a queued row must not hold its request's span"
+    assert track.flush()
+    assert [r.trace_id for r in storage.records] == [
+        s.context.trace_id.to_bytes(16).hex() for s in exporter.get_finished_spans() if s.name.startswith("GET")
+    ]
