@@ -397,6 +397,11 @@ def http_app() -> Flask:
     variant = os.environ.get(HTTP_VARIANT_ENV, "bare")
     if variant == "bare":
         return app
+    if variant == "otel_instrumentation":  # the peer, with the same no-op span exporter as ours
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor.instrument_app(app, tracer_provider=_tracer_provider())
+        return app
     from flask_usage_otel import TrackUsage
 
     workdir = Path(os.environ.get(HTTP_WORKDIR_ENV) or ".")

@@ -5,7 +5,7 @@ Each variant gets its own gunicorn on a free 127.0.0.1 port; the load comes from
 absent. Runs alternate bare, ours, ours, bare (ABBA) so a drift in machine speed hits both
 alike. "Ours" has every part that is available switched on: Prometheus in gunicorn's
 multiprocess mode, SQL rows (SQLite, batched) and OTel spans (SDK, batch processor, no-op
-exporter).
+exporter). opentelemetry-instrumentation-flask with the same SDK set-up runs too, for scale.
 
     python benchmarks/bench_http.py [--quick] [--duration S] [--connections N]
 """
@@ -37,6 +37,7 @@ VARIANTS = {
     "ours_prometheus": "ours: Prometheus (multiprocess)",
     "ours_prometheus_sql": "ours: Prometheus + SQL rows",
     "ours_everything": "ours: everything available on",
+    "otel_instrumentation": "opentelemetry-instrumentation-flask + SDK (for scale)",
 }
 WORKERS = 2
 STARTUP_TIMEOUT = 30.0
