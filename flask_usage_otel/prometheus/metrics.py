@@ -16,6 +16,16 @@ from ..config import ConfigError, Settings
 
 LABELS = ("method", "route", "blueprint", "status")
 
+DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "unserialisable", "timeout", "shutdown")
+"""Why a row was not written:
+
+- ``queue_full``: the queue held ``queue_size`` rows or ``queue_bytes`` bytes when the row arrived;
+- ``rejected``: the database refused this row's data (a constraint, a value, its encoding);
+- ``unserialisable``: the row could not be turned into plain data or into the row's parameters;
+- ``timeout``: still unwritten when ``shutdown`` (process exit) ran out of time, the database being down or slow;
+- ``shutdown``: the row arrived after the writer was shut down.
+"""
+
 
 class PrometheusMetrics:
     """Every metric flask-usage-otel exports, registered once on one registry."""
@@ -87,10 +97,12 @@ class PrometheusMetrics:
         )
         self.storage_dropped = Counter(
             f"{prefix}storage_dropped",
-            "Rows not written, by reason: queue_full, rejected, unserialisable, timeout, shutdown.",
+            f"Rows not written, by reason: {', '.join(DROP_REASONS)}.",
             ("reason",),
             registry=registry,
         )
+        for reason in DROP_REASONS:  # every reason shows as 0 from the start: rate() and alerts see them
+            self.storage_dropped.labels(reason)
         self.storage_write_timeouts = Counter(
             f"{prefix}storage_write_timeouts",
             "Write attempts abandoned because the database did not answer within the deadline (retried).",

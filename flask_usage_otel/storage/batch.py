@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..prometheus.metrics import DROP_REASONS
+
 if TYPE_CHECKING:
     from ..prometheus import PrometheusMetrics
     from .base import Storage
@@ -44,16 +46,6 @@ logger = logging.getLogger("flask_usage_otel.storage")
 _ERROR_LOG_INTERVAL = 60.0
 EXIT_FLUSH_TIMEOUT = 5.0
 """Seconds a process that exits gives its writer to write what is queued."""
-
-DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "unserialisable", "timeout", "shutdown")
-"""Why a row was not written:
-
-- ``queue_full``: the queue held ``queue_size`` rows or ``queue_bytes`` bytes when the row arrived;
-- ``rejected``: the database refused this row's data (a constraint, a value, its encoding);
-- ``unserialisable``: the row could not be turned into plain data or into the row's parameters;
-- ``timeout``: still unwritten when ``shutdown`` (process exit) ran out of time, the database being down or slow;
-- ``shutdown``: the row arrived after the writer was shut down.
-"""
 
 _UNSERIALISABLE = (TypeError, ValueError, RecursionError, UnicodeError, OverflowError, AttributeError, LookupError)
 """Errors a row raises before the database sees it (building its parameters): the row, not the database."""
