@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .privacy import DEFAULT_REDACTED_QUERY_PARAMS
+from .privacy import DEFAULT_REDACTED_QUERY_PARAMS, DEFAULT_REDACTED_VIEW_ARGS
 
 PREFIX = "TRACK_USAGE_"
 
@@ -100,6 +100,7 @@ class Settings:
     anonymize_ip_key: bytes | None = None
     geoip_db: str | None = None
     redact_query_params: tuple[str, ...] = DEFAULT_REDACTED_QUERY_PARAMS
+    redact_view_args: tuple[str, ...] = DEFAULT_REDACTED_VIEW_ARGS
     # storage (SQL persistence)
     queue_size: int = 10_000
     queue_bytes: int = 64 * 1024 * 1024
@@ -275,6 +276,16 @@ def _query_params(key: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+def _view_args(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+        raise ConfigError(key, f"must be a list of URL variable names (empty to redact none), got {value!r}")
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(key, f"must contain URL variable names (as in /reset/<token>), got {name!r}")
+    return names
+
+
 _KEYS: dict[str, tuple[str, Parser]] = {
     "INCLUDE_OR_EXCLUDE_VIEWS": ("include_or_exclude_views", _choice("include", "exclude")),
     "EXCLUDE_PATHS": ("exclude_paths", _exclude_paths),
@@ -290,6 +301,7 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "ANONYMIZE_IP_KEY": ("anonymize_ip_key", _secret),
     "GEOIP_DB": ("geoip_db", _optional_str),
     "REDACT_QUERY_PARAMS": ("redact_query_params", _query_params),
+    "REDACT_VIEW_ARGS": ("redact_view_args", _view_args),
     "QUEUE_SIZE": ("queue_size", _int_range(1, 10_000_000)),
     "QUEUE_BYTES": ("queue_bytes", _int_range(64 * 1024, 2**40)),
     "BATCH_SIZE": ("batch_size", _int_range(1, 100_000)),

@@ -35,6 +35,7 @@ from flask import g, got_request_exception, request
 
 from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded
+from .privacy import secret_arguments
 from .record import UNMATCHED_ROUTE, RecordContext, RequestState, method_label
 from .request_details import basic_auth_user, established_user, track_var_of
 from .sinks import Sink, overrides
@@ -78,6 +79,8 @@ class RequestTracker:
         self._teardowners = [s for s in self.sinks if overrides(s, "teardown")]
         self._finishers = [s for s in self.sinks if overrides(s, "finish")]
         self._exclude_re = self.settings.exclude_paths_re
+        self._secret_names = frozenset(name.lower() for name in self.settings.redact_view_args)
+        self._secret_arguments: dict[str, tuple[str, ...]] = {}  # per route: its secret URL variables
         self._capture_user = self.settings.capture_user
         # The user and g.track_var are read only when a sink will build the record.
         self._wants_details = any(s.uses_record for s in self.sinks)
@@ -281,6 +284,12 @@ class RequestTracker:
             info.blueprint,
             self.record_context,
         )
+        if self._secret_names and rule is not None:
+            secret = self._secret_arguments.get(route)
+            if secret is None:
+                secret = self._secret_arguments[route] = secret_arguments(rule.arguments, self._secret_names)
+            if secret:  # read before any of the app's own hooks can change them
+                state.secrets = _secret_values(secret, req.view_args)
         exchange.state = state
         for sink in self._starters:
             try:
@@ -374,6 +383,12 @@ class RequestTracker:
         info = _EndpointInfo(tracked, blueprint_of(endpoint))
         self.endpoints[endpoint] = info
         return info
+
+
+def _secret_values(names: tuple[str, ...], view_args: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """(name, value) of the secret URL variables the request has a value for."""
+    values = view_args or {}
+    return tuple((name, text) for name in names if (text := str(values.get(name, ""))))
 
 
 def _note_error(state: RequestState, exc: BaseException) -> None:

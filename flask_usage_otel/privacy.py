@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote, unquote_plus
 
 _UNKNOWN = "unknown"
 _MAX_CHAIN_ENTRIES = 32  # a forwarded chain longer than this is cut: nobody has 32 proxies
@@ -170,6 +170,45 @@ DEFAULT_REDACTED_QUERY_PARAMS: tuple[str, ...] = (
 )
 """``TRACK_USAGE_REDACT_QUERY_PARAMS`` by default. Names match case-insensitively, percent-decoded."""
 
+DEFAULT_REDACTED_VIEW_ARGS: tuple[str, ...] = (
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth_token",
+    "reset_token",
+    "jwt",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "pwd",
+    "api_key",
+    "apikey",
+    "signature",
+    "otp",
+)
+"""``TRACK_USAGE_REDACT_VIEW_ARGS`` by default: URL variables (``/reset/<token>``) whose values are
+secrets. Names match case-insensitively. Narrower than the query list: a ``<code>`` or ``<key>`` in
+a route is more often a product code or a lookup key than a secret."""
+
+
+def secret_arguments(arguments: Iterable[str], names: frozenset[str]) -> tuple[str, ...]:
+    """The URL variables of a rule (``rule.arguments``) whose values are secrets, by ``names`` (lower case)."""
+    return tuple(sorted(name for name in arguments if name.lower() in names))
+
+
+def redact_secrets(text: str, secrets: Iterable[str]) -> str:
+    """``text`` (a path, a URL) with each secret value replaced by ``REDACTED``, as sent and percent-encoded."""
+    for secret in secrets:
+        for form in dict.fromkeys((secret, quote(secret, safe=_PATH_SAFE), quote(secret, safe=""))):
+            if form and form in text:
+                text = text.replace(form, REDACTED)
+    return text
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=~"  # what Werkzeug leaves unquoted in a URL's path
+
 
 class QueryRedactor:
     """Replaces the values of secret query parameters with ``REDACTED``, keeping everything else.
@@ -252,6 +291,7 @@ _FORWARDING_HEADERS = frozenset(
 )
 _URL_ATTRIBUTES = frozenset({"url.full", "http.url"})
 _TARGET_ATTRIBUTES = frozenset({"http.target"})
+_PATH_ATTRIBUTES = frozenset({"url.path", *_TARGET_ATTRIBUTES, *_URL_ATTRIBUTES})
 # Keys describing the server: a loopback test has the same address on both ends.
 _SERVER_SIDE_PREFIXES = ("server.", "net.host.", "http.host", "http.server_name", "url.", "http.url", "host.")
 
@@ -261,6 +301,7 @@ def scrub_span_attributes(
     environ: Mapping[str, Any],
     anonymizer: Anonymizer | None,
     redactor: QueryRedactor | None,
+    secrets: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Replacement values for the attributes another instrumentation put on a span.
 
@@ -268,7 +309,9 @@ def scrub_span_attributes(
     forwarding header captured as ``http.request.header.*``, or a value equal to the
     raw ``REMOTE_ADDR`` or an ``X-Forwarded-For`` entry) gets the anonymized form. With a
     ``redactor``: query strings in ``url.query``, ``http.target``, ``url.full`` and
-    ``http.url`` are redacted. Returns only what must change.
+    ``http.url`` are redacted. With ``secrets`` (the values of secret URL variables): they
+    are replaced in ``url.path``, ``http.target``, ``url.full`` and ``http.url``. Returns
+    only what must change.
     """
     if not attributes:
         return {}
@@ -282,15 +325,17 @@ def scrub_span_attributes(
         if forwarded:
             raw.update(part.strip() for part in forwarded.split(",") if part.strip())
     for key, value in attributes.items():
-        if redactor is not None and isinstance(value, str):
-            if key == "url.query":
-                fixed = redactor.query(value)
-            elif key in _TARGET_ATTRIBUTES:
-                fixed = redact_target(value, redactor)
-            elif key in _URL_ATTRIBUTES:
-                fixed = redactor.url(value)
-            else:
-                fixed = value
+        if (redactor is not None or secrets) and isinstance(value, str):
+            fixed = value
+            if redactor is not None:
+                if key == "url.query":
+                    fixed = redactor.query(value)
+                elif key in _TARGET_ATTRIBUTES:
+                    fixed = redact_target(value, redactor)
+                elif key in _URL_ATTRIBUTES:
+                    fixed = redactor.url(value)
+            if secrets and key in _PATH_ATTRIBUTES:
+                fixed = redact_secrets(fixed, secrets)
             if fixed != value:
                 fixes[key] = fixed
                 continue

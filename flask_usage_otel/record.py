@@ -19,6 +19,7 @@ from operator import attrgetter, call
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from .privacy import REDACTED, redact_secrets
 from .request_text import first_language, full_url
 from .useragent import UserAgentInfo, parse_user_agent
 
@@ -194,6 +195,7 @@ class RequestState:
         "response_size",
         "route",
         "sampled",
+        "secrets",
         "span",
         "span_id",
         "speed",
@@ -244,6 +246,8 @@ class RequestState:
         self.authorization = False
         self.view_args: dict[str, Any] | None = None
         self.queued_bytes = 0
+        # Secret URL variables (TRACK_USAGE_REDACT_VIEW_ARGS) as (name, value), read when admitted.
+        self.secrets: tuple[tuple[str, str], ...] = ()
 
     def capture(self) -> None:
         """Copy the raw request values a record needs, so the request itself can be let go.
@@ -317,6 +321,11 @@ def record_values(state: RequestState) -> RecordValues:
     if context.redactor is not None:
         # Before anything derives from it: url, url_args and every row, export and callable storage.
         query_string = context.redactor.query(query_string)
+    # As werkzeug's Request.path: decoded, exactly one leading slash.
+    path = "/" + (path_info or "").lstrip("/")
+    view_args = state.view_args or {}
+    if state.secrets:  # before the url and every export derive from them
+        path, view_args = _without_secrets(state.secrets, path, view_args)
     # In field order (tests/test_extension.py checks every field).
     return (
         state.timestamp,
@@ -325,13 +334,12 @@ def record_values(state: RequestState) -> RecordValues:
         scheme,
         http_host or _server_host(scheme, server_name, server_port),
         script_name or "",
-        # As werkzeug's Request.path: decoded, exactly one leading slash.
-        "/" + (path_info or "").lstrip("/"),
+        path,
         query_string,
         state.route,
         state.endpoint,
         state.blueprint,
-        state.view_args or {},
+        view_args,
         state.status or 500,
         _content_length(content_length),
         state.response_size,
@@ -378,6 +386,15 @@ def _new_record(values: tuple[Any, ...]) -> UsageRecord:
     record = object.__new__(UsageRecord)
     any(map(call, _SLOT_SETTERS, repeat(record), values))  # each call returns None: all run
     return record
+
+
+def _without_secrets(
+    secrets: tuple[tuple[str, str], ...], path: str, view_args: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The path and view arguments with the values of secret URL variables replaced by ``REDACTED``."""
+    names = {name for name, _ in secrets}
+    redacted = {key: REDACTED if key in names else value for key, value in view_args.items()}
+    return redact_secrets(path, [value for _, value in secrets]), redacted
 
 
 def _content_length(value: str | None) -> int | None:

@@ -346,7 +346,7 @@ def test_privacy_doc_examples_run(tmp_path: Path) -> None:
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
     blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for code in blocks:
         script = tmp_path / "example.py"
         script.write_text(code)

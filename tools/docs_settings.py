@@ -49,6 +49,7 @@ MEANINGS: dict[str, str] = {
     "TRACK_USAGE_OTEL_CAPTURE_USER": "put `enduser.id` on spans",
     "TRACK_USAGE_OTEL_EXPORTER": "set up a tracer provider exporting this way when the app has none",
     "TRACK_USAGE_REDACT_QUERY_PARAMS": "query parameters whose values are redacted in rows, spans and logs",
+    "TRACK_USAGE_REDACT_VIEW_ARGS": "URL variables (`/reset/<token>`) whose values are redacted everywhere",
     "TRACK_USAGE_QUEUE_BYTES": "most bytes the waiting rows may hold; more are dropped and counted",
     "TRACK_USAGE_BATCH_LINGER": "seconds the writer waits for a partial batch to fill",
     "TRACK_USAGE_OTEL_LOGS": "emit each tracked request's record as an OpenTelemetry log record",

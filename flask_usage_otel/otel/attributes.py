@@ -38,11 +38,12 @@ def scrub_foreign(state: RequestState, span: Any, environ: dict[str, Any], attri
     """Add to ``attributes`` the anonymized or redacted values of what another instrumentation
     put on the span (its ``net.peer.ip``, ``http.target``...), so no raw address or secret stays."""
     context = state.context
-    if context.anonymizer is None and context.redactor is None:
+    if context.anonymizer is None and context.redactor is None and not state.secrets:
         return
     # SDK spans expose their attributes; a span that does not cannot be read, only written.
     found = getattr(span, "attributes", None)
-    for key, value in scrub_span_attributes(found, environ, context.anonymizer, context.redactor).items():
+    secrets = tuple(value for _, value in state.secrets)
+    for key, value in scrub_span_attributes(found, environ, context.anonymizer, context.redactor, secrets).items():
         attributes.setdefault(key, value)
 
 

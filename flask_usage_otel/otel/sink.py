@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flask import after_this_request, has_request_context
 
 from ..config import DEFAULT_BUCKETS
+from ..privacy import redact_secrets
 from ..record import OTHER, RequestState
 from ..sinks import Sink
 from .attributes import (
@@ -325,7 +326,10 @@ class OtelSink(Sink):
         req = state.request
         path = req.path
         root = req.root_path
-        attributes["url.path"] = root + path if root else path
+        url_path = root + path if root else path
+        if state.secrets:
+            url_path = redact_secrets(url_path, [value for _, value in state.secrets])
+        attributes["url.path"] = url_path
         query = environ.get("QUERY_STRING")
         if query:
             redactor = state.context.redactor
