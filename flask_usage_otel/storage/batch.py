@@ -283,11 +283,17 @@ class BatchWriter:
 
     def _drain(self) -> None:
         queue = self._queue
+        wrote = False
         while queue:
-            if len(queue) < self.batch_size and self.linger and not self._flushing and not self._stop.is_set():
-                # A partial batch: give it a moment to fill (put wakes us when it is full).
-                self._wake.wait(self.linger)
-                self._wake.clear()
+            if len(queue) < self.batch_size and not self._flushing and not self._stop.is_set():
+                if wrote:
+                    # Rows that trickled in while a batch was written wait for the next interval (or a
+                    # full batch): one commit per interval under light load, not one per linger.
+                    break
+                if self.linger:  # a partial batch: give it a moment to fill (put wakes us when it is full)
+                    self._wake.wait(self.linger)
+                    self._wake.clear()
+            wrote = True
             with self._idle:
                 self._busy = True
             items: list[Any] = []

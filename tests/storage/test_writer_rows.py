@@ -278,3 +278,25 @@ def test_trickling_rows_linger_to_fill_a_batch(linger: float, most_batches: int 
         assert storage.calls <= most_batches  # a few larger transactions
     else:
         assert storage.calls >= 20  # without a linger, nearly one transaction per row
+
+
+class SlowStorage(CountingStorage):
+    def store(self, records: Sequence[Any]) -> None:
+        time.sleep(0.015)
+        super().store(records)
+
+
+def test_a_steady_trickle_commits_once_per_interval_not_once_per_linger() -> None:
+    # Rows that arrive while a batch is written wait for the next interval: under light steady load
+    # the writer makes a few larger transactions (here about one per 0.3 s), not one every 20 ms.
+    storage = SlowStorage()  # a write takes a while, as a real database's does: rows arrive during it
+    writer = BatchWriter(storage, batch_size=10_000, flush_interval=0.3, linger=0.02)
+    try:
+        for i in range(240):
+            writer.put(i)
+            time.sleep(0.005)
+        assert writer.flush(10)
+    finally:
+        writer.shutdown(5)
+    assert sorted(storage.records) == list(range(240))
+    assert storage.calls <= 12, storage.calls
