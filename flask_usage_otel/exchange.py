@@ -126,8 +126,13 @@ def in_memory(body: Any) -> bool:
 
 
 def declared_length(headers: list[tuple[str, str]] | None) -> int:
+    if not headers:
+        return 0
     # Werkzeug adds Content-Length last, spelled so: look there first.
-    for name, value in reversed(headers or ()):
+    name, value = headers[-1]
+    if name == "Content-Length" and value.isdigit() and value.isascii():
+        return int(value)
+    for name, value in reversed(headers):
         if name == "Content-Length" or (len(name) == 14 and name.lower() == "content-length"):
             return int(value) if value.isascii() and value.isdigit() else 0
     return 0

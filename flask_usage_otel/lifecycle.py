@@ -36,7 +36,7 @@ from flask import g, got_request_exception, request
 from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded
 from .privacy import secret_arguments
-from .record import UNMATCHED_ROUTE, RecordContext, RequestState, method_label
+from .record import OTHER, STANDARD_METHODS, UNMATCHED_ROUTE, RecordContext, RequestState
 from .request_details import basic_auth_user, established_user, track_var_of
 from .sinks import Sink, overrides
 
@@ -59,6 +59,8 @@ _INTERNAL_ERROR = "500 INTERNAL SERVER ERROR"
 class _EndpointInfo:
     tracked: bool
     blueprint: str | None
+    secret_arguments: tuple[str, ...] = ()
+    """URL variables of the endpoint's rules whose values are redacted (``TRACK_USAGE_REDACT_VIEW_ARGS``)."""
 
 
 @dataclass
@@ -80,7 +82,6 @@ class RequestTracker:
         self._finishers = [s for s in self.sinks if overrides(s, "finish")]
         self._exclude_re = self.settings.exclude_paths_re
         self._secret_names = frozenset(name.lower() for name in self.settings.redact_view_args)
-        self._secret_arguments: dict[str, tuple[str, ...]] = {}  # per route: its secret URL variables
         self._capture_user = self.settings.capture_user
         # The user and g.track_var are read only when a sink will build the record.
         self._wants_details = any(s.uses_record for s in self.sinks)
@@ -278,18 +279,14 @@ class RequestTracker:
             exchange.start,
             exchange.timestamp,
             method,
-            method_label(method),
+            method if method in STANDARD_METHODS else OTHER,  # method_label(), without a call
             endpoint,
             route,
             info.blueprint,
             self.record_context,
         )
-        if self._secret_names and rule is not None:
-            secret = self._secret_arguments.get(route)
-            if secret is None:
-                secret = self._secret_arguments[route] = secret_arguments(rule.arguments, self._secret_names)
-            if secret:  # read before any of the app's own hooks can change them
-                state.secrets = _secret_values(secret, req.view_args)
+        if info.secret_arguments:  # read before any of the app's own hooks can change them
+            state.secrets = _secret_values(info.secret_arguments, req.view_args)
         exchange.state = state
         for sink in self._starters:
             try:
@@ -380,9 +377,20 @@ class RequestTracker:
     def _decide(self, endpoint: str | None) -> _EndpointInfo:
         view = self._view_functions.get(endpoint) if endpoint is not None else None
         tracked = self.request_filter.decide(endpoint, view, self.settings.include_or_exclude_views, self._blueprints)
-        info = _EndpointInfo(tracked, blueprint_of(endpoint))
+        info = _EndpointInfo(tracked, blueprint_of(endpoint), self._secret_arguments_of(endpoint))
         self.endpoints[endpoint] = info
         return info
+
+    def _secret_arguments_of(self, endpoint: str | None) -> tuple[str, ...]:
+        """The secret URL variables of every rule of ``endpoint`` (Flask adds no rule once requests are served)."""
+        app = self._app_ref()
+        if not self._secret_names or endpoint is None or app is None:
+            return ()
+        try:
+            rules = list(app.url_map.iter_rules(endpoint))
+        except KeyError:  # an endpoint with no rule of the app's map
+            return ()
+        return secret_arguments({name for rule in rules for name in rule.arguments}, self._secret_names)
 
 
 def _secret_values(names: tuple[str, ...], view_args: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
