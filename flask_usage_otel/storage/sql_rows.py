@@ -126,8 +126,11 @@ class Inserter:
         self._sqlite = self.method == "executemany" and driver == "pysqlite"
         if self._sqlite:
             processors.update((name, _BOOL_AS_INT) for name in columns if name in _BOOLEAN_COLUMNS)
-        # The text every driver gets for a datetime anyway, made faster than from a datetime.
-        self.builder = RowBuilder(columns, widths, processors, datetime_text=self.method != "sqlalchemy")
+        # The text every driver here sends for a datetime anyway (SQLite's default storage format,
+        # COPY's and MySQL's literals), made faster than from a datetime; a dialect that formats
+        # datetimes its own way keeps its processor.
+        datetime_text = self.method != "sqlalchemy" and processors.get("datetime", _iso_text) is _iso_text
+        self.builder = RowBuilder(columns, widths, processors, datetime_text=datetime_text)
         names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
         target = _raw_identifier(preparer, table.name)
         if table.schema:

@@ -51,3 +51,22 @@ def test_source_reads_the_values_by_index() -> None:
     builder = RowBuilder(["path", "status"], {"path": 8})
     assert builder.source.startswith("def row(v):")
     assert builder.row(make_record(path="/a/very/long/path", status=3_000_000_000)) == ("/a/very/", None)
+
+
+def test_a_dialect_with_its_own_datetime_format_keeps_its_processor(tmp_path) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import sqlite
+
+    from flask_usage_otel.storage.sql_rows import Inserter
+    from flask_usage_otel.storage.table import usage_table
+
+    table = usage_table("usage_custom")
+    names = [c.name for c in table.columns if c.name != "id"]
+    default = Inserter(table, names, COLUMN_WIDTHS, sa.create_engine("sqlite://").dialect)
+    assert "timestamp_text(" in default.builder.source
+    custom = usage_table("usage_custom", sa.MetaData())
+    custom.c.datetime.type = sqlite.DATETIME(storage_format="%(year)04d/%(month)02d/%(day)02d %(hour)02d:%(minute)02d")
+    inserter = Inserter(custom, names, COLUMN_WIDTHS, sa.create_engine("sqlite://").dialect)
+    assert "timestamp_text(" not in inserter.builder.source
+    row = dict(zip(inserter.builder.columns, inserter.builder.row(make_record(timestamp=1_700_000_000.5)), strict=True))
+    assert row["datetime"] == "2023/11/14 22:13"
