@@ -198,9 +198,10 @@ def secret_arguments(arguments: Iterable[str], names: frozenset[str]) -> tuple[s
     return tuple(sorted(name for name in arguments if name.lower() in names))
 
 
-def redact_secrets(text: str, secrets: Iterable[str]) -> str:
-    """``text`` (a path, a URL) with each secret value replaced by ``REDACTED``, as sent and percent-encoded."""
-    for secret in secrets:
+def redact_secrets(text: str, secrets: Iterable[tuple[str, str]]) -> str:
+    """``text`` (a path, a URL) with the value of each secret (name, value) replaced by ``REDACTED``,
+    as sent and percent-encoded."""
+    for _, secret in secrets:
         for form in dict.fromkeys((secret, quote(secret, safe=_PATH_SAFE), quote(secret, safe=""))):
             if form and form in text:
                 text = text.replace(form, REDACTED)
@@ -301,7 +302,7 @@ def scrub_span_attributes(
     environ: Mapping[str, Any],
     anonymizer: Anonymizer | None,
     redactor: QueryRedactor | None,
-    secrets: tuple[str, ...] = (),
+    secrets: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """Replacement values for the attributes another instrumentation put on a span.
 
@@ -309,7 +310,7 @@ def scrub_span_attributes(
     forwarding header captured as ``http.request.header.*``, or a value equal to the
     raw ``REMOTE_ADDR`` or an ``X-Forwarded-For`` entry) gets the anonymized form. With a
     ``redactor``: query strings in ``url.query``, ``http.target``, ``url.full`` and
-    ``http.url`` are redacted. With ``secrets`` (the values of secret URL variables): they
+    ``http.url`` are redacted. With ``secrets`` (secret URL variables, as (name, value)): their values
     are replaced in ``url.path``, ``http.target``, ``url.full`` and ``http.url``. Returns
     only what must change.
     """

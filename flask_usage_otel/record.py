@@ -394,7 +394,7 @@ def _without_secrets(
     """The path and view arguments with the values of secret URL variables replaced by ``REDACTED``."""
     names = {name for name, _ in secrets}
     redacted = {key: REDACTED if key in names else value for key, value in view_args.items()}
-    return redact_secrets(path, [value for _, value in secrets]), redacted
+    return redact_secrets(path, secrets), redacted
 
 
 def _content_length(value: str | None) -> int | None:

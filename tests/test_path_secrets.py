@@ -36,13 +36,15 @@ def secrets_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def test_a_token_in_the_path_never_reaches_the_row_or_the_exports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync_writes", [True, False], ids=["sync", "background writer"])
+def test_a_token_in_the_path_never_reaches_the_row_or_the_exports(tmp_path: Path, sync_writes: bool) -> None:
     from flask_usage_otel.cli import usage
 
     storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}")
-    app = secrets_app()
-    TrackUsage(app, storage, registry=CollectorRegistry())
+    app = secrets_app({"TRACK_USAGE_SYNC_WRITES": sync_writes})
+    track = TrackUsage(app, storage, registry=CollectorRegistry())
     assert app.test_client().get(f"/reset/{TOKEN}?next=/home").status_code == 200
+    assert track.flush()
     (row,) = storage.read_usage()
     assert row["path"] == "/reset/REDACTED"
     assert row["url"] == "http://localhost/reset/REDACTED?next=/home"
@@ -164,4 +166,4 @@ def test_the_instrumentors_span_is_scrubbed_too() -> None:
     ],
 )
 def test_redact_secrets(text: str, secrets: list[str], redacted: str) -> None:
-    assert redact_secrets(text, secrets) == redacted
+    assert redact_secrets(text, [("token", secret) for secret in secrets]) == redacted

@@ -42,8 +42,8 @@ def scrub_foreign(state: RequestState, span: Any, environ: dict[str, Any], attri
         return
     # SDK spans expose their attributes; a span that does not cannot be read, only written.
     found = getattr(span, "attributes", None)
-    secrets = tuple(value for _, value in state.secrets)
-    for key, value in scrub_span_attributes(found, environ, context.anonymizer, context.redactor, secrets).items():
+    scrubbed = scrub_span_attributes(found, environ, context.anonymizer, context.redactor, state.secrets)
+    for key, value in scrubbed.items():
         attributes.setdefault(key, value)
 
 

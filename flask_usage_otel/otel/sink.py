@@ -328,7 +328,7 @@ class OtelSink(Sink):
         root = req.root_path
         url_path = root + path if root else path
         if state.secrets:
-            url_path = redact_secrets(url_path, [value for _, value in state.secrets])
+            url_path = redact_secrets(url_path, state.secrets)
         attributes["url.path"] = url_path
         query = environ.get("QUERY_STRING")
         if query:

@@ -24,16 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import columns
+from .. import columns as column_defs
 from ..record import FIELD_INDEX, values_of_record
 from ..useragent import LONGEST_NAME, parse_user_agent
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
     from ..record import RecordValues, UsageRecord
-
-INTEGER_LIMITS: dict[str, int] = columns.COLUMN_LIMITS
-"""Largest value per integer column (INTEGER, BIGINT); a value outside the column's range is stored as NULL."""
 
 # Text columns whose values can never be longer than this: a width at least as wide needs no check.
 _LONGEST: dict[str, int] = {
@@ -66,7 +63,7 @@ _COMPUTED: dict[str, str] = {
 def _expression(name: str) -> str:
     if name in _COMPUTED:
         return _COMPUTED[name]
-    return _field(columns.BY_NAME[name].record_field)  # type: ignore[arg-type]
+    return _field(column_defs.BY_NAME[name].record_field)  # type: ignore[arg-type]
 
 
 class RowBuilder:
@@ -90,9 +87,9 @@ class RowBuilder:
         datetime_text: bool = False,
     ) -> None:
         present = set(columns)
-        text = [c for c in TEXT_COLUMNS if c in present]
-        json_columns = [c for c in JSON_COLUMNS if c in present]
-        plain = [c for c in PLAIN_COLUMNS if c in present]
+        text = [c for c in column_defs.TEXT_COLUMNS if c in present]
+        json_columns = [c for c in column_defs.JSON_COLUMNS if c in present]
+        plain = [c for c in column_defs.PLAIN_COLUMNS if c in present]
         self.columns: tuple[str, ...] = (*text, *json_columns, *plain)
         processors = dict(processors or {})
         if datetime_text:
@@ -138,9 +135,9 @@ class RowBuilder:
                 if column == "datetime" and datetime_text
                 else _expression(column)
             )
-            if column in INTEGER_LIMITS:
+            if column in column_defs.COLUMN_LIMITS:
                 # A hostile Content-Length must not fail the INSERT: out-of-range integers become NULL.
-                limit = INTEGER_LIMITS[column]
+                limit = column_defs.COLUMN_LIMITS[column]
                 value = f"(x if (x := {value}) is None or {-limit - 1} <= x <= {limit} else None)"
             process = processors.get(column)
             if process is not None:
@@ -161,10 +158,6 @@ class RowBuilder:
         """The parameter tuple of one record, or of a record's values (what the storage writer queues)."""
         return self._row(record if type(record) is tuple else values_of_record(record))  # type: ignore[arg-type]
 
-
-TEXT_COLUMNS: tuple[str, ...] = columns.TEXT_COLUMNS
-JSON_COLUMNS: tuple[str, ...] = columns.JSON_COLUMNS
-PLAIN_COLUMNS: tuple[str, ...] = columns.PLAIN_COLUMNS
 
 _SECONDS: dict[int, str] = {}
 _MAX_SECONDS = 64  # rows of a batch share a few seconds; a bounded cache of their text

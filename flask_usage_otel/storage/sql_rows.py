@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from .. import columns as columns_module
+from .. import columns as column_defs
 from .row_builder import RowBuilder
 from .sql_text import TRUNCATED_JSON_KEY, clean_text, json_text, record_url, values_url
 
@@ -104,7 +104,7 @@ class Inserter:
     """
 
     def __init__(self, table: sa.Table, columns: Sequence[str], widths: Mapping[str, int], dialect: sa.Dialect):
-        known = set(columns_module.TEXT_COLUMNS) | set(columns_module.JSON_COLUMNS) | set(columns_module.PLAIN_COLUMNS)
+        known = set(column_defs.TEXT_COLUMNS) | set(column_defs.JSON_COLUMNS) | set(column_defs.PLAIN_COLUMNS)
         columns = [c for c in columns if c in known]
         self._dialect = dialect
         preparer = dialect.identifier_preparer
