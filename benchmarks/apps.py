@@ -337,7 +337,7 @@ def setup_ours_logs(app: Flask, workdir: Path) -> Setup:
         from opentelemetry.sdk._logs import LoggerProvider
         from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 
-        import flask_usage_otel.otel_logs  # noqa: F401
+        import flask_usage_otel.otel.logs  # noqa: F401
     except ImportError as exc:
         raise Unavailable(f"the OTel log record sink or the SDK is not available: {exc}") from exc
 

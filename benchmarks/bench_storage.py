@@ -29,8 +29,8 @@ from report import machine_info, print_targets, write_json
 
 from flask_usage_otel import TrackUsage
 from flask_usage_otel.record import UsageRecord
-from flask_usage_otel.storage.batch import BatchWriter
 from flask_usage_otel.storage.sql import SQLStorage
+from flask_usage_otel.writer import BatchWriter
 
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 RESULTS = Path(__file__).parent / "results" / "storage.json"

@@ -1,4 +1,7 @@
-"""The usage row's columns: the one list the table, the row builder, the readers and the exports derive from.
+"""The record's fields and the usage row's columns: the one list the record type, the table, the row
+builder, the readers and the exports derive from.
+
+``RECORD_FIELDS`` are the fields of :class:`~flask_usage_otel.record.UsageRecord`, in order.
 
 Each :class:`Column` says what the column holds (``kind``), how many characters it keeps
 (``width``, text and JSON only), whether Flask-Track-Usage 2.0's ``flask_usage`` table had it
@@ -6,13 +9,64 @@ Each :class:`Column` says what the column holds (``kind``), how many characters 
 written from, and where it goes in ``read_usage``'s dicts and the CSV export. ``COLUMNS`` is in
 table order: Flask-Track-Usage's columns first, as it laid them out, then the new ones.
 
-This module imports nothing from the package, so every other module can import it.
+Adding a column is one entry here (plus, for a new record field, one in ``RECORD_FIELDS`` and the
+code that computes its value). This module imports nothing from the package, so every other module
+can import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordField:
+    """One field of a ``UsageRecord``: what every consumer of a request (a storage, an export,
+    a log record, a summary) receives."""
+
+    name: str
+    type: Any
+    doc: str = ""
+    optional: bool = False
+    """Defaults to None when a ``UsageRecord`` is made without it."""
+
+
+RECORD_FIELDS: tuple[RecordField, ...] = (
+    RecordField("timestamp", float, "When the request started, seconds since the epoch (UTC)."),
+    RecordField("speed", float, "Seconds from the environ reaching ``app.wsgi_app`` to the end of the response body."),
+    RecordField("method", str, "The HTTP method as sent (labels normalise unknown methods to ``_OTHER``)."),
+    RecordField("scheme", str),
+    RecordField("host", str),
+    RecordField("script_root", str),
+    RecordField("path", str),
+    RecordField("query_string", str),
+    RecordField("route", str, "The URL rule template (``/items/<int:item_id>``), or ``UNMATCHED_ROUTE``."),
+    RecordField("endpoint", str | None),
+    RecordField("blueprint", str | None),
+    RecordField("view_args", Mapping[str, Any]),
+    RecordField("status", int, "The status the client received."),
+    RecordField("content_length", int | None, "Size of the request body, from ``Content-Length``."),
+    RecordField("response_size", int | None, "Bytes of response body sent."),
+    RecordField("remote_addr", str | None),
+    RecordField("xforwardedfor", str | None),
+    RecordField("user_agent", str | None, "The raw ``User-Agent`` header; the parsed parts are ``ua``."),
+    RecordField("accept_language", str | None),
+    RecordField("authorization", bool, "Whether an ``Authorization`` header was present (never the header)."),
+    RecordField("username", str | None),
+    RecordField("server_name", str),
+    RecordField("protocol", str),
+    RecordField("track_var", Mapping[str, Any]),
+    RecordField("exception", str | None, "Class name of an exception nothing handled.", optional=True),
+    RecordField("trace_id", str | None, optional=True),
+    RecordField("span_id", str | None, optional=True),
+    RecordField("ip_info", Mapping[str, Any] | None, optional=True),
+)
+"""Every field of a ``UsageRecord``, in order; names follow Flask-Track-Usage's where it had one."""
+
+RECORD_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS)
 
 
 class Kind(Enum):

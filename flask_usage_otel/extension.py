@@ -22,7 +22,7 @@ from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, metrics_for, multiprocess_dir
 from .record import RecordContext
 from .sinks import Sink
-from .storage.compat import adapt_storages, bind_metrics
+from .storage.compat import adapt_storages
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -107,7 +107,6 @@ class TrackUsage:
             if otel_sink is not None:
                 sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None
-        bind_metrics(storages, metrics)
         if metrics is not None:
             sinks.append(
                 PrometheusSink(
@@ -120,16 +119,17 @@ class TrackUsage:
             bind_app = getattr(storage_object, "bind_app", None)
             if bind_app is not None:
                 bind_app(app)
+        context = _record_context(app, settings)
         if storages:
-            from .storage.sink import StorageSink
+            from .storage.sink import storage_sink
 
-            sinks.extend(StorageSink(s, settings, metrics) for s in storages)
+            sinks.extend(storage_sink(s, settings, metrics, context) for s in storages)
         if settings.otel_logs:
-            from .otel_logs import create_log_sink
+            from .otel.logs import create_log_sink
 
-            sinks.append(create_log_sink(app, settings, self._logger_provider, metrics))
+            sinks.append(create_log_sink(settings, context, self._logger_provider, metrics))
 
-        tracker = RequestTracker(settings, self._filter, sinks, storages, metrics, _record_context(app, settings))
+        tracker = RequestTracker(settings, self._filter, sinks, storages, metrics, context)
         with self._lock:
             self._trackers[app] = tracker
         app.extensions[EXTENSION_KEY] = self
@@ -221,7 +221,9 @@ class TrackUsage:
         storages = [s for s in tracker.storages if callable(getattr(s, "forget", None))]
         if not storages:
             raise RuntimeError("this app has no storage that can delete rows (SQLStorage can)")
-        if not self.flush():
+        # Only the sinks of the storages erased from: a slow collector elsewhere must not hold up an erasure.
+        erased_sinks = [sink for sink in tracker.sinks if getattr(sink, "storage", None) in storages]
+        if not flush_sinks(erased_sinks, 10.0):
             # A row still queued would be written after the erasure and outlive it.
             raise RuntimeError("the queued rows could not be written (is the database up?); nothing was deleted")
         anonymizer = tracker.record_context.anonymizer

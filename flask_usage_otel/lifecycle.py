@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import g, got_request_exception, request
 
+from .capture import RequestState, Unserialisable, capture
 from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded
 from .privacy import secret_arguments
-from .record import OTHER, STANDARD_METHODS, UNMATCHED_ROUTE, RecordContext, RequestState
+from .record import OTHER, STANDARD_METHODS, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
 from .sinks import Sink, overrides
 
@@ -83,8 +84,10 @@ class RequestTracker:
         self._exclude_re = self.settings.exclude_paths_re
         self._secret_names = frozenset(name.lower() for name in self.settings.redact_view_args)
         self._capture_user = self.settings.capture_user
-        # The user and g.track_var are read only when a sink will build the record.
-        self._wants_details = any(s.uses_record for s in self.sinks)
+        # The request is captured only for sinks that consume it whole; the user and g.track_var
+        # are read only when a sink will read them.
+        self._wants_capture = any(s.uses_record for s in self.sinks)
+        self._wants_details = self._wants_capture or any(s.uses_user for s in self.sinks)
         # One key per tracker: two tracked apps nested in one WSGI stack keep apart.
         self.environ_key = f"flask_usage_otel.{id(self):x}"
         self._inner: WsgiApp | None = None
@@ -315,12 +318,18 @@ class RequestTracker:
             state.speed = time.perf_counter() - state.start
             state.status = status_code(exchange.status)
             state.response_size = exchange.sent
-            if self._wants_details:
-                if exchange.g is not None:  # after_request never ran (an error escaped the app)
-                    self._capture_details(state, exchange.g, resolve=False)
-                state.capture()
+            if self._wants_details and exchange.g is not None:  # after_request never ran (an error escaped)
+                self._capture_details(state, exchange.g, resolve=False)
         except Exception:
             self._hook_failed("finish")
+        if self._wants_capture:
+            try:
+                state.captured = capture(state)
+            except (Unserialisable, RecursionError) as exc:  # its record alone is lost, counted by each sink
+                state.capture_error = exc
+            except Exception as exc:
+                state.capture_error = exc
+                self._hook_failed("capture")
         exchange.g = None
         for sink in self._finishers:
             try:

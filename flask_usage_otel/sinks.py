@@ -6,9 +6,19 @@ sinks that override it, so an unused step costs nothing per request.
 
 from __future__ import annotations
 
-from .record import RequestState
+from functools import partial
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RequestState", "Sink", "overrides"]
+from .capture import RequestState
+from .record import RecordContext, build_record
+from .writer import BatchWriter, Observer
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .writer import Target
+
+__all__ = ["QueueingSink", "RequestState", "Sink", "overrides"]
 
 
 class Sink:
@@ -24,7 +34,10 @@ class Sink:
 
     name = "sink"
     uses_record = True
-    """Whether ``finish`` reads ``state.record`` (then the hooks also capture the user and track_var)."""
+    """Whether ``finish`` reads ``state.captured`` or ``state.record`` (the finished request as plain data):
+    then the request is captured once when it finishes, with the user and ``g.track_var``."""
+    uses_user = False
+    """Whether ``finish`` reads ``state.username`` without the rest of the record."""
 
     def start(self, state: RequestState) -> None:
         """The request was matched to a URL rule and accepted for tracking, before any
@@ -39,9 +52,9 @@ class Sink:
         """The response body was closed (or the app raised); ``state.speed``,
         ``state.status`` and ``state.response_size`` (bytes of body sent) are final.
 
-        ``state.record`` builds the full ``UsageRecord`` on first use; a sink that
-        needs only the labels and timings reads ``state`` and sets ``uses_record``
-        to False, so the record is not built for it.
+        With ``uses_record``, ``state.captured`` holds the request as plain data
+        (None when it could not be captured: ``state.capture_error`` says why) and
+        ``state.record`` builds its ``UsageRecord``.
         """
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -50,6 +63,55 @@ class Sink:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush and release resources; called at interpreter exit."""
+
+
+class QueueingSink(Sink):
+    """A sink that hands each captured request to a target through a background :class:`BatchWriter`,
+    which builds its :class:`~flask_usage_otel.record.UsageRecord` on its own thread.
+
+    :param target: receives batches of ``UsageRecord``.
+    :param context: what the records of this app share (its name, anonymisation, redaction).
+    :param settings: the queue's bounds and timings (``TRACK_USAGE_QUEUE_SIZE`` ...).
+    :param observer: told what is written and dropped.
+    :param writer_options: other :class:`BatchWriter` arguments (backoff).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        context: RecordContext,
+        settings: Settings,
+        observer: Observer | None = None,
+        **writer_options: Any,
+    ) -> None:
+        self.writer = BatchWriter(
+            target,
+            queue_size=settings.queue_size,
+            queue_bytes=settings.queue_bytes,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval,
+            linger=settings.batch_linger,
+            observer=observer,
+            prepare=partial(build_record, context=context),
+            size_of=_captured_size,
+            **writer_options,
+        )
+
+    def finish(self, state: RequestState) -> None:
+        captured = state.captured
+        if captured is None:  # a value of the request could not be made plain: its record alone is lost
+            self.writer.drop("unserialisable", exc=state.capture_error)
+        else:
+            self.writer.put(captured, captured.size)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.writer.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.writer.shutdown(timeout)
+
+
+_captured_size = attrgetter("size")
 
 
 def overrides(sink: Sink, step: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,12 +16,15 @@ from flask_usage_otel.columns import (
     JSON_COLUMNS,
     LEGACY_COLUMNS,
     PLAIN_COLUMNS,
+    RECORD_FIELD_NAMES,
+    RECORD_FIELDS,
     TEXT_COLUMNS,
     Kind,
 )
 from flask_usage_otel.record import UsageRecord
 from flask_usage_otel.storage.legacy_rows import legacy_usage_dict
 from flask_usage_otel.storage.reading import usage_dict
+from flask_usage_otel.storage.row_builder import DERIVED_TEXT
 from flask_usage_otel.storage.sql_rows import RowBuilder
 from flask_usage_otel.storage.table import usage_table
 
@@ -30,8 +32,16 @@ from flask_usage_otel.storage.table import usage_table
 URL_PARTS = {"scheme", "host", "script_root", "query_string"}
 
 
+def test_the_record_type_is_made_of_the_field_list() -> None:
+    assert UsageRecord._fields == RECORD_FIELD_NAMES
+    assert UsageRecord.__annotations__ == {f.name: f.type for f in RECORD_FIELDS}
+    optional = [f.name for f in RECORD_FIELDS if f.optional]
+    record = UsageRecord(*range(len(RECORD_FIELDS) - len(optional)))
+    assert [getattr(record, name) for name in optional] == [None] * len(optional)
+
+
 def test_every_record_field_is_stored_and_every_column_comes_from_a_record_field() -> None:
-    fields = {f.name for f in dataclasses.fields(UsageRecord)}
+    fields = set(UsageRecord._fields)
     sources = {c.record_field for c in COLUMNS if c.record_field is not None}
     assert sources - fields == {"url"}  # a property of the record, built from URL_PARTS and path
     assert isinstance(UsageRecord.url, property)
@@ -65,7 +75,9 @@ def test_derived_lists_partition_the_columns() -> None:
     assert LEGACY_COLUMNS[-1] == "track_var"
     assert len(LEGACY_COLUMNS) == 18
     builder = RowBuilder(names, COLUMN_WIDTHS)
-    assert builder.columns == (*TEXT_COLUMNS, *JSON_COLUMNS, *PLAIN_COLUMNS)
+    copied = [c for c in TEXT_COLUMNS if c not in DERIVED_TEXT]
+    assert builder.columns == (*copied, *DERIVED_TEXT, *JSON_COLUMNS, *PLAIN_COLUMNS)
+    assert set(DERIVED_TEXT) <= set(TEXT_COLUMNS)
 
 
 def test_export_has_every_column_once() -> None:

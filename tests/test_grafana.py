@@ -162,7 +162,7 @@ def test_log_records_dashboard_reads_the_collectors_clickhouse_table() -> None:
         assert "$__timeFilter(Timestamp)" in query
         assert "ScopeName = 'flask_usage_otel'" in query  # only the sink's records, not other logs
     # Every attribute a panel reads is one the sink writes: a renamed attribute would leave a blank column.
-    from flask_usage_otel.otel_logs import INSTRUMENTATION_NAME, log_attributes
+    from flask_usage_otel.otel.logs import INSTRUMENTATION_NAME, log_attributes
     from flask_usage_otel.record import UsageRecord
 
     assert INSTRUMENTATION_NAME == "flask_usage_otel"

@@ -94,6 +94,37 @@ def test_record_and_sinks_import_in_one_direction() -> None:
     assert "flask_usage_otel.sinks" not in edges["flask_usage_otel.record"]
 
 
+def test_the_writer_knows_no_sink_metric_library_or_database() -> None:
+    modules = package_modules(PACKAGE)
+    writer = {name: path for name, path in modules.items() if name.startswith("flask_usage_otel.writer")}
+    assert len(writer) == 3
+    for name, path in writer.items():
+        assert all(edge.startswith("flask_usage_otel.writer") for edge in import_edges(name, path, modules)), name
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and not node.level
+        }
+        assert imported <= set(sys.stdlib_module_names), (name, imported - set(sys.stdlib_module_names))
+
+
+def test_the_record_knows_no_sink_or_target() -> None:
+    modules = package_modules(PACKAGE)
+    edges = import_edges("flask_usage_otel.record", modules["flask_usage_otel.record"], modules)
+    assert edges <= {
+        "flask_usage_otel.columns",
+        "flask_usage_otel.privacy",
+        "flask_usage_otel.request_text",
+        "flask_usage_otel.useragent",
+        "flask_usage_otel.geoip",
+    }
+
+
 def test_cycle_detection_finds_cycles(tmp_path: Path) -> None:
     """The detector above sees a cycle through a subpackage, a TYPE_CHECKING one, and none where there is none."""
     pkg = tmp_path / "demo"

@@ -246,10 +246,11 @@ def test_sink_counts_into_the_same_buckets_as_observe() -> None:
     ``Histogram.observe`` / ``Counter.inc`` / ``Gauge.inc`` would, bounds included."""
     from prometheus_client import Histogram
 
+    from flask_usage_otel.capture import RequestState
     from flask_usage_otel.config import Settings
     from flask_usage_otel.prometheus.metrics import PrometheusMetrics
     from flask_usage_otel.prometheus.sink import PrometheusSink
-    from flask_usage_otel.record import RecordContext, RequestState
+    from flask_usage_otel.record import RecordContext
 
     settings = Settings()
     registry = CollectorRegistry()

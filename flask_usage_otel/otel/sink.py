@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask import after_this_request, has_request_context
 
+from ..capture import RequestState
 from ..config import DEFAULT_BUCKETS
 from ..privacy import redact_secrets
-from ..record import OTHER, RequestState
+from ..record import OTHER
 from ..sinks import Sink
 from .attributes import (
     EndpointSpan,

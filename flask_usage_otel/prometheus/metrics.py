@@ -13,18 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .._version import __version__
 from ..config import ConfigError, Settings
+from ..writer import DROP_REASONS, Observer
 
 LABELS = ("method", "route", "blueprint", "status")
-
-DROP_REASONS: tuple[str, ...] = ("queue_full", "rejected", "unserialisable", "timeout", "shutdown")
-"""Why a row was not written:
-
-- ``queue_full``: the queue held ``queue_size`` rows or ``queue_bytes`` bytes when the row arrived;
-- ``rejected``: the database refused this row's data (a constraint, a value, its encoding);
-- ``unserialisable``: the row could not be turned into plain data or into the row's parameters;
-- ``timeout``: still unwritten when ``shutdown`` (process exit) ran out of time, the database being down or slow;
-- ``shutdown``: the row arrived after the writer was shut down.
-"""
 
 
 class PrometheusMetrics:
@@ -113,11 +104,38 @@ class PrometheusMetrics:
         )
         info.labels(__version__).set(1)
 
+    def storage_observer(self) -> StorageObserver:
+        """An observer of one storage writer, reporting into these metrics."""
+        return StorageObserver(self)
+
 
 _metrics_lock = threading.Lock()
 _metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, PrometheusMetrics]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+class StorageObserver(Observer):
+    """Reports a storage writer's rows written and dropped (by reason), its failed writes and its queue."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self._metrics = metrics
+        self._by_reason = {reason: metrics.storage_dropped.labels(reason) for reason in DROP_REASONS}
+
+    def written(self, rows: int) -> None:
+        self._metrics.storage_rows_written.inc(rows)
+
+    def dropped(self, reason: str, rows: int) -> None:
+        self._metrics.storage_rows_dropped.inc(rows)
+        self._by_reason[reason].inc(rows)
+
+    def write_failed(self, timed_out: bool) -> None:
+        self._metrics.storage_write_errors.inc()
+        if timed_out:
+            self._metrics.storage_write_timeouts.inc()
+
+    def queue_depth(self, rows: int) -> None:
+        self._metrics.storage_queue_rows.set(rows)
 
 
 def metrics_for(registry: CollectorRegistry, settings: Settings) -> PrometheusMetrics:

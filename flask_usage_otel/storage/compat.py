@@ -16,13 +16,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import ConfigError
 from ..record import UNMATCHED_ROUTE, UsageRecord
-
-if TYPE_CHECKING:
-    from ..prometheus import PrometheusMetrics
 
 logger = logging.getLogger("flask_usage_otel.storage")
 
@@ -179,34 +176,33 @@ class CallableStorage:
     """A batch storage that calls a Flask-Track-Usage storage ``target(data)`` once per record.
 
     Runs on the storage writer's thread. A call that raises costs that one record: it is
-    logged (once a minute at most), counted in ``rows_failed`` and, when metrics are bound,
-    in ``storage_write_errors`` and ``storage_rows_dropped``; the batch goes on and is never
-    retried, so no record reaches the target twice.
+    logged (once a minute at most) and counted by the writer as ``storage_error``; the batch
+    goes on and is never retried, so no record reaches the target twice.
     """
 
     def __init__(self, target: Callable[[dict[str, Any]], Any]) -> None:
         self.target = target
         self.name = getattr(target, "__qualname__", None) or type(target).__qualname__
-        self.metrics: PrometheusMetrics | None = None
         self.rows_failed = 0
         self._last_error_log = -_ERROR_LOG_INTERVAL
 
     def __repr__(self) -> str:
         return f"CallableStorage({self.target!r})"
 
-    def store(self, records: Sequence[UsageRecord]) -> None:
+    def store(self, records: Sequence[UsageRecord]) -> int:
+        """Call the target with each record's dict; the number of calls that raised."""
         target = self.target
+        failed = 0
         for record in records:
             try:
                 target(legacy_data(record))
             except Exception as exc:
+                failed += 1
                 self._failed(exc)
+        return failed
 
     def _failed(self, exc: Exception) -> None:
         self.rows_failed += 1
-        if self.metrics is not None:
-            self.metrics.storage_write_errors.inc()
-            self.metrics.storage_rows_dropped.inc()
         now = time.monotonic()
         if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
             self._last_error_log = now
@@ -261,13 +257,6 @@ def adapt_storages(storages: Sequence[Any]) -> list[Any]:
                 "nor an object with a store(records) method",
             )
     return adapted
-
-
-def bind_metrics(storages: Sequence[Any], metrics: PrometheusMetrics | None) -> None:
-    """Let wrapped callables count the records they lose in the app's metrics."""
-    for storage in storages:
-        if isinstance(storage, CallableStorage):
-            storage.metrics = metrics
 
 
 def _check_takes_one_argument(storage: Callable[..., Any], where: str) -> None:

@@ -1,20 +1,21 @@
-"""``RowBuilder``: a record's values as the parameter tuple of one INSERT (or COPY) row.
+"""``RowBuilder``: a record as the parameter tuple of one INSERT (or COPY) row.
 
 This runs on the storage writer's thread for every row, and that thread shares the
 interpreter lock with the request threads, so each microsecond here is one less for
-requests. The builder compiles, once per table layout, one plain Python function that
-reads the record's values tuple (``record.RecordValues``) by index and returns the row:
+requests. What keeps it cheap without generated code:
 
+- a record is a tuple: the values a column takes as they are come out in one
+  ``itemgetter`` call per kind of column (text, JSON, plain);
 - text is checked once for the whole row (ASCII, no NUL) with C-level string methods;
   then each value is only compared with its column's width, and copied or cut only
   when it must be; a row with other text cleans each value (:func:`clean_text`);
-- JSON columns are encoded by :func:`json_text`, integer columns out of their range
-  become NULL, and the driver-specific conversions (bind processors) are applied;
+- JSON columns' None and ``{}`` (most requests' ``ip_info``, ``track_var``, ``view_args``)
+  need no encoder call; integer columns out of their range become NULL;
+- a column that needs converting (the timestamp, a driver's bind processor, an integer
+  range) has one function, and only those columns are touched;
 - with ``datetime_text``, the timestamp goes as ISO text made from the float seconds
   with a per-second cache (:func:`timestamp_text`), instead of a ``datetime`` built
   and formatted per row.
-
-The function's source is kept as ``RowBuilder.source``.
 """
 
 from __future__ import annotations
@@ -22,48 +23,47 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from .. import columns as column_defs
-from ..record import FIELD_INDEX, values_of_record
-from ..useragent import LONGEST_NAME, parse_user_agent
+from ..columns import BY_NAME, COLUMN_LIMITS, JSON_COLUMNS, PLAIN_COLUMNS, RECORD_FIELD_NAMES, TEXT_COLUMNS
+from ..useragent import parse_user_agent
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
-    from ..record import RecordValues, UsageRecord
+    from ..record import UsageRecord
 
-# Text columns whose values can never be longer than this: a width at least as wide needs no check.
-_LONGEST: dict[str, int] = {
-    "ua_browser": LONGEST_NAME,  # names from useragent's fixed lists
-    "ua_platform": LONGEST_NAME,
-    "ua_language": 35,  # first_language refuses longer tags
-    "trace_id": 32,  # hex, as formatted by the OTel sink
-    "span_id": 16,
-}
+DERIVED_TEXT: tuple[str, ...] = ("url", "ua_browser", "ua_platform", "ua_version", "ua_language")
+"""Text columns computed from the record rather than copied from one of its fields (:func:`derived_text`)."""
 
 
-def _field(name: str) -> str:
-    return f"v[{FIELD_INDEX[name]}]"
+def derived_text(record: UsageRecord) -> tuple[str | None, ...]:
+    """The values of ``DERIVED_TEXT``, in that order."""
+    ua = parse_user_agent(record.user_agent)  # cached: one parse per distinct header
+    return (
+        values_url(record.scheme, record.host, record.script_root, record.path, record.query_string),
+        ua.browser,
+        ua.platform,
+        ua.version,
+        language(record.accept_language),
+    )
 
 
-# How a column's value is computed from the record's values ``v``, where it is not simply the
-# value of its ``record_field``. ``ua`` is the parsed User-Agent header.
-_COMPUTED: dict[str, str] = {
-    "url": f"values_url({', '.join(map(_field, ('scheme', 'host', 'script_root', 'path', 'query_string')))})",
-    "ua_browser": "ua.browser",
-    "ua_language": f"language({_field('accept_language')})",
-    "ua_platform": "ua.platform",
-    "ua_version": "ua.version",
-    # Naive UTC, as Flask-Track-Usage stored it; the same value as
-    # datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) (both round half to even) in half the time.
-    "datetime": f"EPOCH + timedelta(seconds={_field('timestamp')})",
-}
+Getter = Callable[[Any], tuple[Any, ...]]
 
 
-def _expression(name: str) -> str:
-    if name in _COMPUTED:
-        return _COMPUTED[name]
-    return _field(column_defs.BY_NAME[name].record_field)  # type: ignore[arg-type]
+def _getter(indexes: Sequence[int]) -> Getter:
+    """The values at ``indexes`` of a tuple, always as a tuple (``itemgetter`` of one index is not)."""
+    if not indexes:
+        return lambda values: ()
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda values: (values[index],)
+    return itemgetter(*indexes)
+
+
+def _field_index(name: str) -> int:
+    return RECORD_FIELD_NAMES.index(name)
 
 
 class RowBuilder:
@@ -87,76 +87,94 @@ class RowBuilder:
         datetime_text: bool = False,
     ) -> None:
         present = set(columns)
-        text = [c for c in column_defs.TEXT_COLUMNS if c in present]
-        json_columns = [c for c in column_defs.JSON_COLUMNS if c in present]
-        plain = [c for c in column_defs.PLAIN_COLUMNS if c in present]
-        self.columns: tuple[str, ...] = (*text, *json_columns, *plain)
-        processors = dict(processors or {})
-        if datetime_text:
-            processors.pop("datetime", None)
-        namespace: dict[str, Any] = {
-            "values_url": values_url,
-            "language": language,
-            "parse_user_agent": parse_user_agent,
-            "clean_text": clean_text,
-            "json_text": json_text,
-            "timestamp_text": timestamp_text,
-            "EPOCH": EPOCH,
-            "timedelta": timedelta,
-        }
-        lines = ["def row(v):"]
-        if any(c.startswith("ua_") and c != "ua_language" for c in text):
-            lines.append(f"    ua = parse_user_agent({_field('user_agent')})  # cached: one parse per distinct header")
-        names = [f"t{i}" for i in range(len(text))]
-        lines += [f"    {name} = {_expression(column)}" for name, column in zip(names, text, strict=True)]
-        out: list[str] = []
-        if text:
-            lines.append(f"    try:\n        joined = ''.join(filter(None, ({', '.join(names)},)))")
-            lines.append("        plain_text = joined.isascii() and '\\x00' not in joined")
-            # A value that is not text (a username given as a number): clean each one.
-            lines.append("    except TypeError:\n        plain_text = False")
-            lines.append("    if not plain_text:")
-            for name, column in zip(names, text, strict=True):
-                lines.append(f"        {name} = clean_text({name}, {widths[column]})")
-            for name, column in zip(names, text, strict=True):
-                width = widths[column]
-                if _LONGEST.get(column, width + 1) <= width:
-                    out.append(name)
-                else:
-                    out.append(f"({name} if {name} is None or len({name}) <= {width} else {name}[:{width}])")
-        # None and {} (most requests' ip_info, track_var, view_args) without a call.
-        out += [
-            f"(None if (x := {_expression(c)}) is None else '{{}}' if x == {{}} else json_text(x, {widths[c]}))"
-            for c in json_columns
-        ]
-        for column in plain:
-            value = (
-                f"timestamp_text({_field('timestamp')})"
-                if column == "datetime" and datetime_text
-                else _expression(column)
+        copied_text = [c for c in TEXT_COLUMNS if c in present and c not in DERIVED_TEXT]
+        derived = [c for c in DERIVED_TEXT if c in present]
+        json_columns = [c for c in JSON_COLUMNS if c in present]
+        plain = [c for c in PLAIN_COLUMNS if c in present]
+        self.columns: tuple[str, ...] = (*copied_text, *derived, *json_columns, *plain)
+        self._copied_text = _getter([_field_index(BY_NAME[c].record_field) for c in copied_text])  # type: ignore[arg-type]
+        self._derived: Getter | None = None
+        if derived:
+            pick = _getter([DERIVED_TEXT.index(c) for c in derived])
+            self._derived = derived_text if derived == list(DERIVED_TEXT) else lambda r: pick(derived_text(r))
+        self._text_widths = tuple(widths[c] for c in (*copied_text, *derived))
+        self._json = _getter([_field_index(BY_NAME[c].record_field) for c in json_columns])  # type: ignore[arg-type]
+        self._json_widths = tuple(widths[c] for c in json_columns)
+        self._plain = _getter([_field_index(BY_NAME[c].record_field) for c in plain])  # type: ignore[arg-type]
+        conversions = [(i, _conversion(c, processors or {}, datetime_text)) for i, c in enumerate(plain)]
+        self._conversions = tuple((i, convert) for i, convert in conversions if convert is not None)
+
+    def rows(self, records: Sequence[UsageRecord]) -> list[tuple[Any, ...]]:
+        """One parameter tuple per record."""
+        return list(map(self.row, records))
+
+    def row(self, record: UsageRecord) -> tuple[Any, ...]:
+        """The parameter tuple of one record."""
+        texts = self._copied_text(record)
+        if self._derived is not None:
+            texts += self._derived(record)
+        try:
+            joined = "".join(filter(None, texts))
+            plain_text = joined.isascii() and "\x00" not in joined
+        except TypeError:  # a value that is not text (a username given as a number): clean each one
+            plain_text = False
+        if plain_text:
+            texts = tuple(
+                text if text is None or len(text) <= width else text[:width]
+                for text, width in zip(texts, self._text_widths)  # noqa: B905 - built together, equal lengths
             )
-            if column in column_defs.COLUMN_LIMITS:
-                # A hostile Content-Length must not fail the INSERT: out-of-range integers become NULL.
-                limit = column_defs.COLUMN_LIMITS[column]
-                value = f"(x if (x := {value}) is None or {-limit - 1} <= x <= {limit} else None)"
-            process = processors.get(column)
-            if process is not None:
-                namespace[f"process_{column}"] = process
-                value = f"process_{column}({value})"
-            out.append(value)
-        lines.append(f"    return ({', '.join(out)},)")
-        self.source = "\n".join(lines)
-        exec(self.source, namespace)  # the source is built above from the fixed column list only
-        self._row: Callable[[RecordValues], tuple[Any, ...]] = namespace["row"]
+        else:
+            texts = tuple(map(clean_text, texts, self._text_widths))
+        documents = tuple(
+            None if value is None else "{}" if value == {} else json_text(value, width)
+            for value, width in zip(self._json(record), self._json_widths)  # noqa: B905 - as above
+        )
+        values = self._plain(record)
+        if self._conversions:
+            converted = list(values)
+            for index, convert in self._conversions:
+                converted[index] = convert(converted[index])
+            values = tuple(converted)
+        return texts + documents + values
 
-    def rows(self, records: Sequence[UsageRecord | RecordValues]) -> list[tuple[Any, ...]]:
-        """One parameter tuple per record (or record's values)."""
-        row = self._row
-        return [row(r if type(r) is tuple else values_of_record(r)) for r in records]  # type: ignore[arg-type]
 
-    def row(self, record: UsageRecord | RecordValues) -> tuple[Any, ...]:
-        """The parameter tuple of one record, or of a record's values (what the storage writer queues)."""
-        return self._row(record if type(record) is tuple else values_of_record(record))  # type: ignore[arg-type]
+def _conversion(column: str, processors: Mapping[str, Callable[[Any], Any]], datetime_text: bool) -> Any:
+    """What turns a plain column's record value into its parameter; None when it goes as it is."""
+    steps: list[Callable[[Any], Any]] = []
+    if column == "datetime":
+        # Naive UTC, as Flask-Track-Usage stored it. EPOCH + timedelta gives the same value as
+        # datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) (both round half to even) in half the time.
+        steps.append(timestamp_text if datetime_text else _naive_utc)
+    limit = COLUMN_LIMITS.get(column)
+    if limit is not None:  # a hostile Content-Length must not fail the INSERT: out of range becomes NULL
+        steps.append(_in_range(limit))
+    process = processors.get(column)
+    if process is not None and not (column == "datetime" and datetime_text):
+        steps.append(process)
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+    return lambda value: _apply(steps, value)
+
+
+def _apply(steps: list[Callable[[Any], Any]], value: Any) -> Any:
+    for step in steps:
+        value = step(value)
+    return value
+
+
+def _naive_utc(timestamp: float) -> Any:
+    return EPOCH + timedelta(seconds=timestamp)
+
+
+def _in_range(limit: int) -> Callable[[Any], Any]:
+    low = -limit - 1
+
+    def in_range(value: Any) -> Any:
+        return value if value is None or low <= value <= limit else None
+
+    return in_range
 
 
 _SECONDS: dict[int, str] = {}

@@ -29,7 +29,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..columns import COLUMN_WIDTHS, LEGACY_COLUMNS
-from ..record import as_record
 from . import sql_errors
 from .deadline import WriteTimeout, watchdog
 from .engine import make_engine, register_engine
@@ -43,7 +42,7 @@ from .table import DROPPED_INDEXES, INDEXED_FILTERS, TableState, reflect, upgrad
 if TYPE_CHECKING:
     from flask import Flask
 
-    from ..record import RecordValues, UsageRecord
+    from ..record import UsageRecord
 
 __all__ = [
     "COLUMN_WIDTHS",
@@ -90,9 +89,6 @@ class SQLStorage(UsageReading, UsageErasure):
     """
 
     _partition_by_day = False  # True in storage.partitions.PartitionedSQLStorage
-    takes_record_values = True
-    """``store`` also takes records' values (``record.RecordValues``): the writer queues those, making no
-    ``UsageRecord`` per row unless a summary hook needs it."""
 
     def __init__(
         self,
@@ -298,11 +294,22 @@ class SQLStorage(UsageReading, UsageErasure):
         """
         return sql_errors.is_transient(exc)
 
+    @staticmethod
+    def describe_error(exc: BaseException) -> str:
+        """What went wrong, for the writer's log: the error's type, its cause's and the database's code."""
+        parts = [type(exc).__name__]
+        orig = getattr(exc, "orig", None) or exc.__cause__
+        if orig is not None:
+            parts.append(type(orig).__name__)
+        code = sql_errors.database_code(exc)
+        if code is not None:
+            parts.append(f"code {code}")
+        return ", ".join(parts)
+
     # -- writing -------------------------------------------------------------------------
 
-    def store(self, records: Sequence[UsageRecord | RecordValues]) -> None:
-        """Insert a batch of records (or records' values) in one transaction (one ``executemany`` INSERT,
-        or ``COPY`` on PostgreSQL).
+    def store(self, records: Sequence[UsageRecord]) -> None:
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL).
 
         A batch from the storage writer carries a ``batch_id``, recorded in the same
         transaction, so a retry after a lost COMMIT answer never writes it twice.
@@ -341,7 +348,7 @@ class SQLStorage(UsageReading, UsageErasure):
                     raise WriteTimeout(f"no answer from the database within {self.write_timeout} s") from exc
                 raise
 
-    def _write(self, inserter: Inserter, records: Sequence[UsageRecord | RecordValues], batch_id: str | None) -> None:
+    def _write(self, inserter: Inserter, records: Sequence[UsageRecord], batch_id: str | None) -> None:
         for hook in self.batch_hooks:
             prepare = getattr(hook, "prepare", None)
             if prepare is not None:
@@ -352,10 +359,8 @@ class SQLStorage(UsageReading, UsageErasure):
             if batch_id is not None and inserter.batch_ids:
                 self._batch_log.claim(conn, batch_id)
             inserter.insert(conn, records)
-            if self.batch_hooks:
-                whole = records if all(type(r) is not tuple for r in records) else list(map(as_record, records))
-                for hook in self.batch_hooks:
-                    hook(conn, whole)
+            for hook in self.batch_hooks:
+                hook(conn, records)
 
     def _inserter(self) -> Inserter:
         """The compiled INSERT for the table as it is now (rebuilt after ``upgrade_table``)."""

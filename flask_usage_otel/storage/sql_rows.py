@@ -33,7 +33,7 @@ from .row_builder import RowBuilder
 from .sql_text import TRUNCATED_JSON_KEY, clean_text, json_text, record_url, values_url
 
 if TYPE_CHECKING:
-    from ..record import RecordValues, UsageRecord
+    from ..record import UsageRecord
 
 __all__ = ["TRUNCATED_JSON_KEY", "Inserter", "RowBuilder", "clean_text", "json_text", "record_url", "values_url"]
 
@@ -150,7 +150,7 @@ class Inserter:
         self._names = names
         self._statements: dict[tuple[bool, ...], tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
-    def insert(self, conn: sa.Connection, records: Sequence[UsageRecord | RecordValues]) -> None:
+    def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
         """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""
         rows = self.builder.rows(records)
         if self._sqlite:

@@ -118,12 +118,14 @@ def test_a_failing_storage_costs_its_record_only_and_is_counted() -> None:
     for item in (1, 2, 3):
         assert client.get(f"/items/{item}").status_code == 200
     with app.app_context():
-        assert track.flush(WAIT)
+        assert not track.flush(WAIT)  # every record was handed over, but one is lost: no success reported
         [wrapped] = track.storages()
     assert calls == ["/items/1", "/items/2", "/items/3"], "no record twice, none skipped"
     assert isinstance(wrapped, CallableStorage)
     assert wrapped.rows_failed == 1
     assert registry.get_sample_value("flask_usage_storage_rows_dropped_total") == 1
+    assert registry.get_sample_value("flask_usage_storage_dropped_total", {"reason": "storage_error"}) == 1
+    assert registry.get_sample_value("flask_usage_storage_rows_written_total") == 2
 
 
 class _NotAStorage:

@@ -20,9 +20,9 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage
-from flask_usage_otel.storage.batch import BatchWriter
 from flask_usage_otel.storage.sink import StorageSink
 from flask_usage_otel.storage.sql import SQLStorage
+from flask_usage_otel.writer import BatchWriter
 from tests.integration.tcp_proxy import TcpProxy
 from tests.storage.conftest import MARIADB_URL, POSTGRES_URL, drop_table, require_server, unique_table
 

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import ConfigError, TrackUsage
-from flask_usage_otel.otel_logs import EVENT_NAME, _Emitter, build_logger_provider
+from flask_usage_otel.otel.logs import EVENT_NAME, LogRecordTarget, build_logger_provider
 from tests.integration.servers import free_port
 from tests.otel.otlp_receiver import Received, attributes, otlp_receiver
 
@@ -201,13 +201,13 @@ def test_a_full_queue_drops_and_counts_without_waiting() -> None:
     registry = CollectorRegistry()
     tracker = TrackUsage(app, registry=registry, logger_provider=provider)
     release = threading.Event()
-    real_store = _Emitter.store
+    real_store = LogRecordTarget.store
 
-    def stuck_store(self: _Emitter, batch: Any) -> None:
+    def stuck_store(self: LogRecordTarget, batch: Any) -> None:
         release.wait(10)
         real_store(self, batch)
 
-    _Emitter.store = stuck_store  # type: ignore[method-assign]
+    LogRecordTarget.store = stuck_store  # type: ignore[method-assign]
     try:
         client = app.test_client()
         # The first three fill a batch the writer takes and holds; three more fill the queue.
@@ -218,7 +218,7 @@ def test_a_full_queue_drops_and_counts_without_waiting() -> None:
             assert client.get(f"/items/{i}").status_code == 200
     finally:
         release.set()
-        _Emitter.store = real_store  # type: ignore[method-assign]
+        LogRecordTarget.store = real_store  # type: ignore[method-assign]
     with app.app_context():
         assert tracker.flush(10)
     assert len(exported.get_finished_logs()) == 6
@@ -231,21 +231,21 @@ def test_the_request_thread_only_enqueues() -> None:
     provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
     app = shop_app()
     emitting_threads: list[threading.Thread] = []
-    real_store = _Emitter.store
+    real_store = LogRecordTarget.store
 
-    def spy(self: _Emitter, batch: Any) -> None:
+    def spy(self: LogRecordTarget, batch: Any) -> None:
         emitting_threads.append(threading.current_thread())
         real_store(self, batch)
 
     tracker = TrackUsage(app, registry=CollectorRegistry(), logger_provider=provider)
-    _Emitter.store = spy  # type: ignore[method-assign]
+    LogRecordTarget.store = spy  # type: ignore[method-assign]
     try:
         assert app.test_client().get("/items/3").status_code == 200
         assert exported.get_finished_logs() == ()  # nothing built or emitted during the request
         with app.app_context():
             assert tracker.flush(10)
     finally:
-        _Emitter.store = real_store  # type: ignore[method-assign]
+        LogRecordTarget.store = real_store  # type: ignore[method-assign]
     assert emitting_threads
     assert threading.current_thread() not in emitting_threads
     (log,) = exported.get_finished_logs()
@@ -271,14 +271,14 @@ def test_the_setting_is_validated() -> None:
 def test_the_sdk_queue_is_never_overfilled() -> None:
     import weakref
 
-    from flask_usage_otel.otel_logs import SDK_QUEUE_SIZE, CountingExporter, _forget_in_flight, _Full
+    from flask_usage_otel.otel.logs import SDK_QUEUE_SIZE, CountingExporter, _forget_in_flight, _Full
     from tests.storage.conftest import make_record
 
     provider = LoggerProvider()
     exported = InMemoryLogRecordExporter()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
     counter = CountingExporter(exported)
-    emitter = _Emitter(provider.get_logger("test"), counter)
+    emitter = LogRecordTarget(provider.get_logger("test"), counter)
     counter.emitted = SDK_QUEUE_SIZE - 1  # as if the exporter were stuck with that many
     with pytest.raises(_Full):
         emitter.store([make_record(), make_record()])  # whole batch refused: a retry never duplicates

@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 from werkzeug.routing import BaseConverter
 
 from flask_usage_otel import TrackUsage
-from flask_usage_otel.storage.batch import BatchWriter
-from flask_usage_otel.storage.sink import MAX_DEPTH, StorageSink, Unserialisable, plain
+from flask_usage_otel.capture import MAX_DEPTH, Unserialisable, plain
+from flask_usage_otel.storage.sink import StorageSink
 from flask_usage_otel.storage.sql import SQLStorage
+from flask_usage_otel.writer import BatchWriter
 from tests.conftest import ListStorage
 
 from .conftest import make_record

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel.config import DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS
 from flask_usage_otel.prometheus import PrometheusMetrics
-from flask_usage_otel.storage.batch import BatchWriter
+from flask_usage_otel.writer import BatchWriter
 
 WAIT = 10.0  # generous upper bound for anything that should happen at once; never a timing assertion
 
@@ -103,7 +103,7 @@ def test_full_queue_drops_new_rows_and_counts_them() -> None:
     storage = ListStorage()
     storage.gate.clear()  # the database hangs
     m = metrics()
-    writer = BatchWriter(storage, queue_size=5, batch_size=1, flush_interval=0.01, metrics=m)
+    writer = BatchWriter(storage, queue_size=5, batch_size=1, flush_interval=0.01, observer=m.storage_observer())
     writer.put("first")
     assert storage.entered.wait(WAIT)  # the writer holds "first" and is stuck writing it
     accepted = [writer.put(i) for i in range(8)]
@@ -122,7 +122,9 @@ def test_failed_batch_is_retried_with_backoff_and_written_once() -> None:
     storage = ListStorage()
     storage.failures_left = 4
     m = metrics()
-    writer = BatchWriter(storage, batch_size=3, flush_interval=0.01, metrics=m, min_backoff=0.01, max_backoff=0.02)
+    writer = BatchWriter(
+        storage, batch_size=3, flush_interval=0.01, observer=m.storage_observer(), min_backoff=0.01, max_backoff=0.02
+    )
     for i in range(7):
         writer.put(i)
     assert writer.flush(WAIT)
@@ -155,15 +157,16 @@ def test_rejected_rows_are_dropped_and_the_rest_of_the_batch_is_kept() -> None:
     storage = ListStorage()
     storage.reject = {"bad"}
     m = metrics()
-    writer = BatchWriter(
-        storage, batch_size=10, flush_interval=0.01, metrics=m, is_transient=lambda exc: isinstance(exc, Unavailable)
-    )
+    writer = BatchWriter(storage, batch_size=10, flush_interval=0.01, observer=m.storage_observer())
     for item in ("a", "bad", "b"):
         writer.put(item)
-    assert writer.flush(WAIT)
+    assert not writer.flush(WAIT)  # done, but a row it was asked to write is lost: no success reported
     assert storage.rows == ["a", "b"]
     assert writer.rows_dropped == 1
+    assert writer.dropped["unserialisable"] == 1  # its own fault: the rows beside it were stored
     assert sample(m, "dropped") == 1
+    writer.put("c")
+    assert writer.flush(WAIT)  # nothing lost since
     writer.shutdown(WAIT)
 
 

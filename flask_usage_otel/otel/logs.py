@@ -7,11 +7,11 @@ record as a log record: the event name ``flask_usage.request``, the record's fie
 attributes named after the OpenTelemetry HTTP and user-agent conventions where they
 exist (``flask_usage.*`` where they do not), and the request's trace and span ids.
 
-Path of a record: the request thread appends its state to a bounded queue (a
-:class:`~flask_usage_otel.storage.batch.BatchWriter`, nothing else); the writer thread
-builds the record (anonymised addresses, as for SQL rows) and emits it to the
-OpenTelemetry ``Logger``; the SDK's ``BatchLogRecordProcessor`` exports batches over
-OTLP from its own thread. A record is dropped, never waited for, when the queue is full
+Path of a record: the request thread appends the captured request to a bounded queue (a
+:class:`~flask_usage_otel.writer.BatchWriter`, as for SQL rows); the writer thread builds
+the record (anonymised addresses, as for SQL rows) and hands batches to this module's
+target, which emits each to the OpenTelemetry ``Logger``; the SDK's ``BatchLogRecordProcessor``
+exports batches over OTLP from its own thread. A record is dropped, never waited for, when the queue is full
 or its export fails; each drop counts in ``flask_usage_tracking_errors_total{component="otel_logs"}``.
 
 The library never sets up export itself: the app passes a provider
@@ -36,21 +36,19 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.urls import iri_to_uri
 
-from .config import ConfigError
-from .otel.attributes import split_host
-from .record import STANDARD_METHODS, UsageRecord
-from .request_text import first_language
-from .sinks import RequestState, Sink
-from .storage.batch import BatchWriter
-from .storage.sink import enqueue, queued_record, queued_size
+from ..config import ConfigError
+from ..record import STANDARD_METHODS, UsageRecord
+from ..request_text import first_language
+from ..sinks import QueueingSink
+from ..writer import Observer
+from .attributes import split_host
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from flask import Flask
-
-    from .config import Settings
-    from .prometheus import PrometheusMetrics
+    from ..config import Settings
+    from ..prometheus import PrometheusMetrics
+    from ..record import RecordContext
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +193,8 @@ class _Full(Exception):
     """The SDK's queue has no room for this batch yet: the writer retries it after a pause."""
 
 
-class _Emitter:
-    """The "storage" the writer thread hands batches to: emits each record to the OTel logger."""
+class LogRecordTarget:
+    """The writer's target: emits each record of a batch to the OTel logger."""
 
     def __init__(self, otel_logger: Any, counter: CountingExporter | None) -> None:
         from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
@@ -244,36 +242,24 @@ class _Emitter:
         }
 
 
-class _DropCounter:
-    """Gives the writer a metrics object whose only live counter is this sink's drops."""
-
-    class _Nothing:
-        def inc(self, amount: float = 1) -> None:
-            pass
-
-        def set(self, value: float) -> None:
-            pass
-
-        def labels(self, *values: str) -> _DropCounter._Nothing:
-            return self
+class _DropObserver(Observer):
+    """Counts the records the writer lost (queue full, unbuildable, shut down) as tracking errors."""
 
     def __init__(self, dropped: Any) -> None:
-        nothing = self._Nothing()
-        self.storage_rows_dropped = dropped
-        # Every other metric BatchWriter updates: the storage's own, not this sink's.
-        self.storage_dropped = nothing
-        self.storage_rows_written = nothing
-        self.storage_write_errors = nothing
-        self.storage_write_timeouts = nothing
-        self.storage_queue_rows = nothing
+        self._dropped = dropped
+
+    def dropped(self, reason: str, rows: int) -> None:
+        self._dropped.inc(rows)
 
 
-class OtelLogSink(Sink):
+class OtelLogSink(QueueingSink):
     """Emits each tracked request's record as an OpenTelemetry log record, off the request path.
 
     Build it with :func:`create_log_sink`, which applies the settings.
 
     :param otel_logger: an OpenTelemetry ``Logger``.
+    :param context: what the records of this app share (its name, anonymisation, redaction).
+    :param settings: the queue's bounds and timings.
     :param counter: the exporter wrapper of a pipeline made by :func:`build_logger_provider`
         (or None for another provider, whose export failures its own SDK metrics count).
     :param provider: the ``LoggerProvider``, flushed by :meth:`flush` (never shut down: it is the app's).
@@ -285,37 +271,24 @@ class OtelLogSink(Sink):
     def __init__(
         self,
         otel_logger: Any,
+        context: RecordContext,
+        settings: Settings,
         *,
-        queue_size: int = 10_000,
-        queue_bytes: int = 64 * 1024 * 1024,
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
-        linger: float = 0.05,
         counter: CountingExporter | None = None,
         provider: Any = None,
         dropped: Any = None,
     ) -> None:
         self._counter = counter
         self._provider = provider
-        self.writer = BatchWriter(
-            _Emitter(otel_logger, counter),  # type: ignore[arg-type]
-            queue_size=queue_size,
-            queue_bytes=queue_bytes,
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            linger=linger,
-            metrics=_DropCounter(dropped) if dropped is not None else None,  # type: ignore[arg-type]
+        super().__init__(
+            LogRecordTarget(otel_logger, counter),
+            context,
+            settings,
+            _DropObserver(dropped) if dropped is not None else None,
             # Short waits while the SDK's queue is full; the writer's queue bounds the rest.
             min_backoff=0.05,
             max_backoff=1.0,
-            # Queued as plain data bounded in bytes, built into records on the writer thread,
-            # exactly as SQL rows are.
-            prepare=queued_record,
-            size_of=queued_size,
         )
-
-    def finish(self, state: RequestState) -> None:
-        enqueue(self.writer, state)
 
     @property
     def records_dropped(self) -> int:
@@ -338,7 +311,7 @@ class OtelLogSink(Sink):
 
 
 def create_log_sink(
-    app: Flask, settings: Settings, logger_provider: Any = None, metrics: PrometheusMetrics | None = None
+    settings: Settings, context: RecordContext, logger_provider: Any = None, metrics: PrometheusMetrics | None = None
 ) -> OtelLogSink:
     """The app's log record sink (``TRACK_USAGE_OTEL_LOGS = True``).
 
@@ -357,7 +330,7 @@ def create_log_sink(
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
-    from ._version import __version__
+    from .._version import __version__
 
     provider = logger_provider
     if provider is None:
@@ -365,7 +338,7 @@ def create_log_sink(
         if not isinstance(provider, LoggerProvider):
             raise ConfigError(
                 _SETTING,
-                "needs a logger provider: pass TrackUsage(logger_provider=flask_usage_otel.otel_logs."
+                "needs a logger provider: pass TrackUsage(logger_provider=flask_usage_otel.otel."
                 "build_logger_provider(...)), or set an SDK LoggerProvider globally (opentelemetry-instrument "
                 "with OTEL_LOGS_EXPORTER=otlp does) before init_app",
             )
@@ -375,11 +348,8 @@ def create_log_sink(
         counter.listeners.append(dropped.inc)
     return OtelLogSink(
         provider.get_logger(INSTRUMENTATION_NAME, __version__),
-        queue_size=settings.queue_size,
-        queue_bytes=settings.queue_bytes,
-        batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval,
-        linger=settings.batch_linger,
+        context,
+        settings,
         counter=counter,
         provider=provider,
         dropped=dropped,
@@ -404,7 +374,7 @@ def build_logger_provider(service_name: str, exporter: Any = None) -> Any:
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-    from .otel.setup import service_resource
+    from .setup import service_resource
 
     if exporter is None:
         try:
