@@ -230,3 +230,13 @@ def test_prometheus_loads_the_alerting_rules_shipped_with_the_dashboards(service
         assert local.is_file(), f"{rule_file} is mounted from {local}, which is missing"
         groups = yaml.safe_load(local.read_text())["groups"]
         assert any("alert" in rule for group in groups for rule in group["rules"])
+
+
+def test_docs_list_every_service_with_its_pinned_image(services: dict[str, dict[str, Any]]) -> None:
+    page = (REPO / "docs" / "compose.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ")}
+    for name, service in services.items():
+        assert name in rows, f"docs/compose.md does not list the {name} service"
+        if "build" not in service:  # built images are named after the demo's version, not pulled
+            image = service["image"]
+            assert image in rows[name], f"docs/compose.md gives {name} another image than {image}"
