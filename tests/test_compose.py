@@ -159,7 +159,8 @@ def test_collector_pipelines_use_defined_components() -> None:
         for kind in ("receivers", "processors", "exporters"):
             for component in pipeline.get(kind, []):
                 assert component in config[kind], f"pipeline {name} uses undefined {kind[:-1]} {component}"
-    assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    # The pinned Collector (0.144 and later) names the gRPC OTLP exporter otlp_grpc.
+    assert config["exporters"]["otlp_grpc/jaeger"]["endpoint"] == "jaeger:4317"
     assert set(config["service"]["extensions"]) <= set(config["extensions"])
 
 
@@ -198,4 +199,44 @@ def test_raw_rows_ride_the_collector_to_clickhouse(services: dict[str, dict[str,
     assert source["jsonData"]["host"] == "clickhouse"
     assert source["jsonData"]["defaultDatabase"] == exporter["database"]
     assert source["jsonData"]["username"] == exporter["username"]
-    assert "grafana-clickhouse-datasource" in services["grafana"]["environment"]["GF_INSTALL_PLUGINS"]
+    plugin = services["grafana"]["environment"]["GF_PLUGINS_PREINSTALL_SYNC"]
+    assert re.fullmatch(r"grafana-clickhouse-datasource@\d+\.\d+\.\d+", plugin), plugin
+
+
+def _version(image: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", image.rpartition(":")[2])[:3])
+
+
+def test_the_stack_pins_releases_the_dashboards_are_written_for(services: dict[str, dict[str, Any]]) -> None:
+    from tests.clickhouse_support import COLLECTOR_VERSION
+
+    collector = services["otel-collector"]["image"]
+    # The ClickHouse dashboard's SQL and its test are written for the exporter's table of this version.
+    assert collector == f"otel/opentelemetry-collector-contrib:{COLLECTOR_VERSION}"
+    assert _version(collector) >= (0, 151)  # otel_logs keyed on Timestamp, with EventName
+    assert _version(services["prometheus"]["image"]) >= (3, 15)
+    assert _version(services["grafana"]["image"]) >= (13, 2)
+    assert _version(services["clickhouse"]["image"]) >= (26, 8)
+
+
+def test_prometheus_loads_the_alerting_rules_shipped_with_the_dashboards(services: dict[str, dict[str, Any]]) -> None:
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"] if v.startswith("."))
+    rules_dir = mounts["./grafana/alerts"]
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    assert config["rule_files"], "deploy/prometheus.yml loads no rule file"
+    for rule_file in config["rule_files"]:
+        assert rule_file.startswith(rules_dir + "/"), f"{rule_file} is not in the mounted {rules_dir}"
+        local = REPO / "grafana" / "alerts" / rule_file.removeprefix(rules_dir + "/")
+        assert local.is_file(), f"{rule_file} is mounted from {local}, which is missing"
+        groups = yaml.safe_load(local.read_text())["groups"]
+        assert any("alert" in rule for group in groups for rule in group["rules"])
+
+
+def test_docs_list_every_service_with_its_pinned_image(services: dict[str, dict[str, Any]]) -> None:
+    page = (REPO / "docs" / "compose.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ")}
+    for name, service in services.items():
+        assert name in rows, f"docs/compose.md does not list the {name} service"
+        if "build" not in service:  # built images are named after the demo's version, not pulled
+            image = service["image"]
+            assert image in rows[name], f"docs/compose.md gives {name} another image than {image}"

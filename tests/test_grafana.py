@@ -159,13 +159,17 @@ def test_log_records_dashboard_reads_the_collectors_clickhouse_table() -> None:
     assert sql
     for query in sql:
         assert "FROM otel_logs" in query
+        # Timestamp is the partition and sorting key of the exporter's table (0.151 and later): the
+        # filter prunes parts. tests/test_clickhouse_dashboard.py runs every query and counts them.
         assert "$__timeFilter(Timestamp)" in query
-        assert "ScopeName = 'flask_usage_otel'" in query  # only the sink's records, not other logs
+        assert "TimestampTime" not in query  # a column only tables made before 0.151 have
+        assert "EventName = 'flask_usage.request'" in query  # only the sink's records, not other logs
+        assert "$__conditionalAll(ServiceName IN (${service}), $service)" in query
     # Every attribute a panel reads is one the sink writes: a renamed attribute would leave a blank column.
-    from flask_usage_otel.otel.logs import INSTRUMENTATION_NAME, log_attributes
+    from flask_usage_otel.otel.logs import EVENT_NAME, log_attributes
     from flask_usage_otel.record import UsageRecord
 
-    assert INSTRUMENTATION_NAME == "flask_usage_otel"
+    assert EVENT_NAME == "flask_usage.request"
     record = UsageRecord(
         timestamp=0.0,
         speed=0.1,
