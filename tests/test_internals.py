@@ -34,9 +34,9 @@ from flask_usage_otel import TrackUsage, exchange, internals
 from flask_usage_otel.exchange import Exchange
 from flask_usage_otel.gunicorn import child_exit
 from flask_usage_otel.internals import PrometheusCells, PrometheusPublic
-from flask_usage_otel.prometheus.multiprocess import LockedMultiProcessCollector
 from flask_usage_otel.storage import sql_text
 from flask_usage_otel.storage.sql import SQLStorage
+from tests.test_prometheus_multiprocess import collected
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 REPO = Path(__file__).resolve().parent.parent
@@ -308,14 +308,7 @@ def run_worker(directory: Path, way: str, rounds: int) -> tuple[int, str]:
 
 def counts(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """What a scrape of the directory shows, but the durations (real time in another process)."""
-    registry = CollectorRegistry()
-    LockedMultiProcessCollector(registry, path=str(directory))
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if "duration" not in s.name or s.name.endswith("_count")
-    }
+    return {k: v for k, v in collected(directory).items() if "duration" not in k[0] or k[0].endswith("_count")}
 
 
 def test_value_store_fallback_writes_the_same_multiprocess_files(tmp_path: Path) -> None:
