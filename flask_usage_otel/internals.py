@@ -33,9 +33,11 @@ read from ``g.__dict__`` with a default because asking ``current_user`` would ru
 loader, and a missing attribute already means "no user"; the OpenTelemetry SDK's ``_logs``
 modules (``otel_logs.py``), the SDK's only logs API, imported lazily and pinned by the SDK
 version. Also the SQLAlchemy pool hooks ``_do_get``/``_do_return_conn`` that
-``storage/engine.py`` overrides (the documented way to subclass a pool) and PyMySQL's ``_sock``
-in ``storage/deadline.py`` (read with a default; without it a stuck statement is cut by the
-server's own timeout instead).
+``storage/engine.py`` overrides (every SQLAlchemy pool implements them; a rename would leave the
+override unused, its lock not taken, and nothing here checks that) and PyMySQL's ``_sock`` in
+``storage/deadline.py`` (read with a default; without it a stuck statement is cut by the server's
+own timeout instead). Public despite the underscore: Werkzeug's ``LocalProxy._get_current_object``,
+SQLAlchemy's ``Row._mapping``, ``sys._getframe`` and ``os._exit``.
 """
 
 from __future__ import annotations
