@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from werkzeug.wrappers import Response as WerkzeugResponse
 from werkzeug.wsgi import ClosingIterator
 
+from .internals import closing_iterator_callbacks
+
 if TYPE_CHECKING:
     from .record import RequestState
 
@@ -106,12 +108,14 @@ def in_memory(body: Any) -> bool:
     405, ``abort(403)``, the 500 page) is a response whose body is, in turn, a
     ``ClosingIterator`` over the page's own response: in memory too when that one is a
     sequence. ``abort(Response(stream))`` is not, and is timed and counted as it streams.
+    When the callbacks cannot be read (:func:`~flask_usage_otel.internals.closing_iterator_callbacks`
+    failed its check) there are none, and every body is taken as a stream: never wrong, only slower.
     """
     for _ in range(6):  # each wrapping adds a level or two; never loop forever
         if type(body) is not ClosingIterator:
             return False
         inner: Any = None
-        for callback in body._callbacks:  # the wrapped iterable's close() and the response's
+        for callback in closing_iterator_callbacks(body):  # the wrapped iterable's close() and the response's
             owner = getattr(callback, "__self__", None)
             if isinstance(owner, WerkzeugResponse):
                 if owner.direct_passthrough:

@@ -16,6 +16,7 @@ import os
 import tempfile
 
 from flask_usage_otel.gunicorn import child_exit, on_starting, worker_exit
+from flask_usage_otel.internals import choose_value_class_again
 
 __all__ = [
     "accesslog",
@@ -44,10 +45,7 @@ def _use_multiprocess_values() -> None:
     metrics created afterwards, and the master creates none (each worker builds the app
     after the fork), so choosing again here is what setting the variable first would do.
     """
-    from prometheus_client import values
-
-    if values.ValueClass is values.MutexValue:
-        values.ValueClass = values.get_value_class()
+    choose_value_class_again()
 
 
 _use_multiprocess_values()

@@ -36,11 +36,17 @@ import glob
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config import ConfigError
+from ..internals import (
+    metric_file_items,
+    metric_files_foldable,
+    single_process_values,
+    write_metric_file,
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -82,9 +88,15 @@ class LockedMultiProcessCollector(MultiProcessCollector):
     then sizes it, and prometheus_client fails the whole scrape on a file read in between.
     """
 
+    def __init__(self, registry: Any, path: str | None = None) -> None:
+        super().__init__(None, path)  # checks the directory (the variable's, when no path is given)
+        self.directory: str = path if path is not None else os.environ[MULTIPROC_ENV]
+        if registry:
+            registry.register(self)
+
     def collect(self) -> Iterable[object]:
-        with directory_lock(self._path, shared=True):
-            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _has_data(f)]
+        with directory_lock(self.directory, shared=True):
+            files = [f for f in glob.glob(os.path.join(self.directory, "*.db")) if _has_data(f)]
             # Materialised inside the lock: merge reads every file before it returns.
             return list(self.merge(files, accumulate=True))
 
@@ -93,9 +105,13 @@ def compact_dead_worker(path: str, pid: int) -> Compaction:
     """Fold the metric files of the dead process ``pid`` into the archives of ``path``.
 
     Call it only once ``pid`` has exited (gunicorn's ``child_exit``): a live process
-    would go on writing into a file that is about to be deleted.
+    would go on writing into a file that is about to be deleted. When prometheus_client's
+    file format failed its check (:func:`~flask_usage_otel.internals.metric_files_foldable`),
+    nothing is folded: scrapes add the dead worker's files up as they are, exactly the same.
     """
     folded = deleted = samples = 0
+    if not metric_files_foldable():
+        return Compaction(folded, deleted, samples)
     with directory_lock(path, shared=False):
         for kind in (*_SUMMED_TYPES, *(f"gauge_{mode}" for mode in _FOLDED_GAUGE_MODES)):
             dead = _existing(os.path.join(path, f"{kind}_{pid}.db"))
@@ -135,7 +151,7 @@ def _fold(path: str, kind: str, dead_file: str) -> int:
     merged: dict[str, tuple[float, float]] = {}
     sources = [archive, dead_file] if os.path.exists(archive) else [dead_file]
     for source in sources:
-        for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(source):
+        for key, value, timestamp in metric_file_items(source):
             current = merged.get(key)
             merged[key] = (value, timestamp) if current is None else _combine(mode, current, (value, timestamp))
     # Written beside the archive under a name no collector globs, then renamed over it:
@@ -143,12 +159,7 @@ def _fold(path: str, kind: str, dead_file: str) -> int:
     temporary = os.path.join(path, f".{kind}_{ARCHIVE_ID}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.remove(temporary)
-    out = MmapedDict(temporary)
-    try:
-        for key, (value, timestamp) in merged.items():
-            out.write_value(key, value, timestamp)
-    finally:
-        out.close()
+    write_metric_file(temporary, ((key, value, timestamp) for key, (value, timestamp) in merged.items()))
     os.replace(temporary, archive)
     return len(merged)
 
@@ -172,9 +183,7 @@ def multiprocess_dir() -> str | None:
         raise ConfigError(MULTIPROC_ENV, f"{path!r} is not a directory; create it before the app starts")
     if not os.access(path, os.W_OK):
         raise ConfigError(MULTIPROC_ENV, f"{path!r} is not writable by this process")
-    from prometheus_client import values
-
-    if values.ValueClass is values.MutexValue:
+    if single_process_values():
         # prometheus_client chose its value store when first imported, before the variable
         # was set: every worker would count alone and /metrics would show a random worker.
         raise ConfigError(

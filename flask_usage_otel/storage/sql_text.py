@@ -6,11 +6,12 @@ Shared by the row builder (every written row) and the readers and erasure (filte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from ..internals import compact_json
 from ..request_text import first_language, full_url
 
 if TYPE_CHECKING:
@@ -20,21 +21,7 @@ EPOCH = datetime(1970, 1, 1)
 
 TRUNCATED_JSON_KEY = "_truncated"
 
-# Encoder built once: json.dumps with options builds a new JSONEncoder per call.
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
-
-
-def _encode_json(value: Any) -> str:
-    """``_JSON.encode(value)``, calling the C encoder it would use straight, without its Python-level setup."""
-    if _c_make_encoder is None:  # no C accelerator in this Python
-        return _JSON.encode(value)
-    # A fresh markers dict per call, as JSONEncoder does: circular data is refused, and threads share nothing.
-    chunks = _c_make_encoder({}, str, _c_encode_text, None, ":", ",", False, False, True)(value, 0)
-    return "".join(chunks)
-
-
-_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_text = json.encoder.encode_basestring  # the C function when the accelerator is there
+_encode_json = compact_json  # the C encoder called straight when it passed its check (see internals)
 _cached_language = lru_cache(maxsize=1024)(first_language)
 _MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
 

@@ -1,0 +1,441 @@
+"""Other libraries' private internals, all in this one module, each checked once against the public API.
+
+Every fast path below reads something a library does not promise to keep. Each is chosen once,
+when this module is imported, by a self-check that runs it beside the library's public API on
+throwaway objects and compares what comes out. When the check fails (an attribute renamed, a
+behaviour changed), the public API is used instead and one WARNING on the ``flask_usage_otel``
+logger names the internal and the library's version. The rest of the package calls only the
+functions here.
+
+- prometheus_client's value cells (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``, the
+  cells' ``inc`` and ``set_exemplar``): :func:`counter_adder`, :func:`counter_exemplar_adder`,
+  :func:`histogram_observer`, :func:`histogram_exemplar_observer`. Fallback: ``Counter.inc``,
+  ``Gauge.inc``, ``Histogram.observe``.
+- prometheus_client's multiprocess files (``mmap_dict.MmapedDict``): :func:`metric_file_items`,
+  :func:`write_metric_file`, allowed by :func:`metric_files_foldable`. Checked on first use (the
+  check writes files). Fallback: dead workers' files are not compacted, which scrapes add up
+  exactly the same, only slower as files accumulate.
+- prometheus_client's value store choice (``values.ValueClass``, ``MutexValue``,
+  ``get_value_class``): :func:`single_process_values`, :func:`choose_value_class_again`.
+  Fallback: unknown (``None``, the misconfiguration is not detected) and
+  ``importlib.reload(prometheus_client.values)``, which chooses again as its import did.
+- Werkzeug's ``ClosingIterator._callbacks``: :func:`closing_iterator_callbacks`. Fallback: no
+  callbacks known, so a body is never taken as in memory: it is streamed and counted as it passes.
+- json's C encoder (``json.encoder.c_make_encoder``): :func:`compact_json`. Fallback:
+  ``JSONEncoder.encode``.
+
+In multiprocess mode the Prometheus check cannot count into throwaway metrics (their values
+would be written to the shared directory and show in every scrape): it checks the structure
+only, and the full comparison runs in every single-process run (tests, CI, most apps).
+
+Known exceptions, left where they are: Flask-Login's ``g._login_user`` (``request_details.py``),
+read from ``g.__dict__`` with a default because asking ``current_user`` would run the app's user
+loader, and a missing attribute already means "no user"; the OpenTelemetry SDK's ``_logs``
+modules (``otel_logs.py``), the SDK's only logs API, imported lazily and pinned by the SDK
+version. Also the SQLAlchemy pool hooks ``_do_get``/``_do_return_conn`` that
+``storage/engine.py`` overrides (every SQLAlchemy pool implements them; a rename would leave the
+override unused, its lock not taken, and nothing here checks that) and PyMySQL's ``_sock`` in
+``storage/deadline.py`` (read with a default; without it a stuck statement is cut by the server's
+own timeout instead). Public despite the underscore: Werkzeug's ``LocalProxy._get_current_object``,
+SQLAlchemy's ``Row._mapping``, ``sys._getframe`` and ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.metadata
+import json
+import logging
+import math
+import operator
+import os
+import platform
+import tempfile
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as prometheus_values
+from prometheus_client.samples import Exemplar
+from werkzeug.wsgi import ClosingIterator
+
+logger = logging.getLogger("flask_usage_otel")
+
+T = TypeVar("T")
+Adder = Callable[[float], None]
+ExemplarAdder = Callable[[float, dict[str, str], float], None]
+
+
+class Mismatch(Exception):
+    """A fast path's result differs from the public API's."""
+
+
+def library_version(distribution: str) -> str:
+    if distribution == "python":
+        return platform.python_version()
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def select(internal: str, library: str, check: Callable[[], None], fast: T, fallback: T) -> T:
+    """``fast`` when ``check()`` passes; otherwise ``fallback``, with one warning that says why."""
+    try:
+        check()
+    except Exception as exc:  # any failure of the check means the internal is not what we know
+        logger.warning(
+            "%s of %s %s failed its check against the public API (%s: %s); using the public API instead",
+            internal,
+            library,
+            library_version(library),
+            type(exc).__name__,
+            exc,
+        )
+        return fallback
+    return fast
+
+
+def _expect(fast: object, public: object, what: str) -> None:
+    if fast != public:
+        raise Mismatch(f"{what}: {fast!r} != {public!r}")
+
+
+# -- prometheus_client: value cells -----------------------------------------------------------
+
+
+class PrometheusCells:
+    """Counting straight into the labelled children's value cells: what ``inc``/``observe`` touch,
+    without their per-call checks. The bucket is ``bisect_left`` over the histogram's bounds, the
+    first bound >= the amount, as ``Histogram.observe`` picks it."""
+
+    @staticmethod
+    def counter_adder(child: Any) -> Adder:
+        return child._value.inc  # type: ignore[no-any-return]
+
+    @staticmethod
+    def counter_exemplar_adder(child: Any) -> ExemplarAdder:
+        cell = child._value
+
+        def add(amount: float, labels: dict[str, str], now: float) -> None:
+            cell.inc(amount)
+            cell.set_exemplar(Exemplar(labels, amount, now))
+
+        return add
+
+    @staticmethod
+    def histogram_observer(child: Any) -> Adder:
+        sum_inc = child._sum.inc
+        bucket_incs = tuple(bucket.inc for bucket in child._buckets)
+        bounds = tuple(child._upper_bounds)
+
+        def observe(amount: float) -> None:
+            sum_inc(amount)
+            bucket_incs[bisect_left(bounds, amount)](1)
+
+        return observe
+
+    @staticmethod
+    def histogram_exemplar_observer(child: Any) -> ExemplarAdder:
+        sum_inc = child._sum.inc
+        buckets = tuple(child._buckets)
+        bounds = tuple(child._upper_bounds)
+
+        def observe(amount: float, labels: dict[str, str], now: float) -> None:
+            sum_inc(amount)
+            bucket = buckets[bisect_left(bounds, amount)]
+            bucket.inc(1)
+            # The labels are fixed names and hex ids (63 characters), under the limit of 128
+            # that Histogram.observe checks on every call.
+            bucket.set_exemplar(Exemplar(labels, amount, now))
+
+        return observe
+
+
+def _with_exemplar(method: Callable[[float, dict[str, str]], None]) -> ExemplarAdder:
+    # The public methods read the clock themselves.
+    return lambda amount, labels, now: method(amount, labels)
+
+
+class PrometheusPublic:
+    """The same through ``Counter.inc``, ``Gauge.inc`` and ``Histogram.observe``."""
+
+    counter_adder = staticmethod(lambda child: child.inc)
+    counter_exemplar_adder = staticmethod(lambda child: _with_exemplar(child.inc))
+    histogram_observer = staticmethod(lambda child: child.observe)
+    histogram_exemplar_observer = staticmethod(lambda child: _with_exemplar(child.observe))
+
+
+_CHECK_BOUNDS = (0.1, 1.0, 5.0)
+_CHECK_AMOUNTS = (0.0, 0.05, 0.1, 0.5, 1.0, 4.99, 5.0, 7.5, 1e9)
+
+
+def check_prometheus_cells(fast: type[PrometheusCells] = PrometheusCells) -> None:
+    """Count the same amounts through ``fast`` and the public API into two children; compare ``collect()``."""
+    if not single_process_values():
+        # Throwaway values would land in the shared directory: check what can be seen without them.
+        parent = Histogram("flask_usage_check", "check", ["way"], buckets=_CHECK_BOUNDS, registry=None)
+        _expect(list(parent._upper_bounds), [*_CHECK_BOUNDS, math.inf], "Histogram._upper_bounds")
+        return
+    registry = CollectorRegistry()
+    counter = Counter("check", "check", ["way"], registry=registry)
+    gauge = Gauge("check_gauge", "check", ["way"], registry=registry)
+    histogram = Histogram("check_seconds", "check", ["way"], buckets=_CHECK_BOUNDS, registry=registry)
+    labels = {"trace_id": "a" * 32, "span_id": "b" * 16}
+    for way in (fast, PrometheusPublic):
+        add, gauge_add = way.counter_adder(counter.labels(way.__name__)), way.counter_adder(gauge.labels(way.__name__))
+        add_exemplar = way.counter_exemplar_adder(counter.labels(way.__name__))
+        observe = way.histogram_observer(histogram.labels(way.__name__))
+        observe_exemplar = way.histogram_exemplar_observer(histogram.labels(way.__name__))
+        for amount in _CHECK_AMOUNTS:
+            add(1)
+            gauge_add(1)
+            gauge_add(-0.5)
+            observe(amount)
+            add_exemplar(1, labels, 1.0)
+            observe_exemplar(amount / 2, labels, 1.0)
+    seen: dict[str, list[tuple[object, ...]]] = {fast.__name__: [], PrometheusPublic.__name__: []}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_created"):
+                continue  # the children's creation times
+            rest = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "way"))
+            exemplar = None if sample.exemplar is None else (sample.exemplar.labels, sample.exemplar.value)
+            seen[sample.labels["way"]].append((sample.name, rest, sample.value, exemplar))
+    _expect(seen[fast.__name__], seen[PrometheusPublic.__name__], "collect()")
+    if not seen[fast.__name__]:
+        raise Mismatch("collect() gave no samples")
+
+
+def select_prometheus_cells(fast: type[PrometheusCells] = PrometheusCells) -> type[PrometheusCells]:
+    return select(
+        "prometheus_client's value cells (_value, _sum, _buckets, _upper_bounds)",
+        "prometheus-client",
+        lambda: check_prometheus_cells(fast),
+        fast,
+        PrometheusPublic,  # type: ignore[arg-type]
+    )
+
+
+# -- prometheus_client: which value store -----------------------------------------------------
+
+
+def check_value_class(module: Any = prometheus_values) -> None:
+    """The store is ``values.ValueClass``, chosen by ``get_value_class``; a new metric takes it."""
+    for name in ("ValueClass", "MutexValue", "get_value_class"):
+        getattr(module, name)
+    if module.ValueClass is module.MutexValue:  # single process: a metric here writes no file
+        _expect(type(Counter("check", "check", registry=None)._value), module.MutexValue, "Counter's store")
+
+
+def _fast_single_process_values() -> bool | None:
+    return prometheus_values.ValueClass is prometheus_values.MutexValue  # type: ignore[no-any-return]
+
+
+def _fast_choose_again() -> None:
+    if prometheus_values.ValueClass is prometheus_values.MutexValue:
+        prometheus_values.ValueClass = prometheus_values.get_value_class()
+
+
+def _public_choose_again() -> None:
+    # Importing the module again runs its choice again, from the environment as it is now.
+    importlib.reload(prometheus_values)
+
+
+def select_value_class(module: Any = prometheus_values) -> tuple[Callable[[], bool | None], Callable[[], None]]:
+    return select(
+        "prometheus_client's value store choice (values.ValueClass, MutexValue, get_value_class)",
+        "prometheus-client",
+        lambda: check_value_class(module),
+        (_fast_single_process_values, _fast_choose_again),
+        (lambda: None, _public_choose_again),
+    )
+
+
+_value_class = select_value_class()
+
+
+def single_process_values() -> bool | None:
+    """Whether prometheus_client counts in memory (not in multiprocess files); None when it cannot be told."""
+    return _value_class[0]()
+
+
+def choose_value_class_again() -> None:
+    """Make prometheus_client choose its value store again, now that the environment may have changed."""
+    _value_class[1]()
+
+
+_prometheus = select_prometheus_cells()
+
+
+def counter_adder(child: Any) -> Adder:
+    """``add(amount)`` for a labelled ``Counter`` or ``Gauge`` child (a gauge's amount may be negative)."""
+    return _prometheus.counter_adder(child)
+
+
+def counter_exemplar_adder(child: Any) -> ExemplarAdder:
+    """``add(amount, exemplar_labels, now)`` for a labelled ``Counter`` child."""
+    return _prometheus.counter_exemplar_adder(child)
+
+
+def histogram_observer(child: Any) -> Adder:
+    """``observe(amount)`` for a labelled ``Histogram`` child."""
+    return _prometheus.histogram_observer(child)
+
+
+def histogram_exemplar_observer(child: Any) -> ExemplarAdder:
+    """``observe(amount, exemplar_labels, now)`` for a labelled ``Histogram`` child."""
+    return _prometheus.histogram_exemplar_observer(child)
+
+
+# -- prometheus_client: multiprocess files ----------------------------------------------------
+
+
+def metric_file_items(filename: str) -> list[tuple[str, float, float]]:
+    """(key, value, timestamp) of every sample in a multiprocess file; only when :func:`metric_files_foldable`."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    return [(key, value, timestamp) for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(filename)]
+
+
+def write_metric_file(filename: str, items: Iterable[tuple[str, float, float]]) -> None:
+    """A new multiprocess file holding ``items``; only when :func:`metric_files_foldable`."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    out = MmapedDict(filename)
+    try:
+        for key, value, timestamp in items:
+            out.write_value(key, value, timestamp)
+    finally:
+        out.close()
+
+
+def check_metric_files(read: Callable[..., Any] | None = None, write: Callable[..., Any] | None = None) -> None:
+    """A worker's file copied through ``read``/``write`` merges (the collector's public ``merge``) as the original."""
+    from prometheus_client.mmap_dict import mmap_key
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    items = [
+        (mmap_key("check", "check_total", ["way"], ["a"], "check"), 3.0, 0.0),
+        (mmap_key("check", "check_total", ["way"], ["b"], "check"), 0.5, 0.0),
+    ]
+    with tempfile.TemporaryDirectory(prefix="flask-usage-check-") as path:
+        worker, copy = os.path.join(path, "counter_1.db"), os.path.join(path, "counter_2.db")
+        read, write = read or metric_file_items, write or write_metric_file
+        write_metric_file(worker, items)
+        write(copy, read(worker))
+
+        def merged(filename: str) -> list[tuple[str, list[tuple[str, dict[str, str], float]]]]:
+            metrics = MultiProcessCollector.merge([filename], accumulate=True)
+            return [(m.name, [(s.name, s.labels, s.value) for s in m.samples]) for m in metrics]
+
+        _expect(merged(copy), merged(worker), "merge()")
+        _expect(sorted(read(copy)), sorted(items), "read back")
+
+
+@functools.cache
+def metric_files_foldable() -> bool:
+    """Whether dead workers' files can be folded into archives (checked once, on first use: it writes files)."""
+    return select(
+        "prometheus_client.mmap_dict.MmapedDict",
+        "prometheus-client",
+        check_metric_files,
+        True,
+        False,
+    )
+
+
+# -- Werkzeug: ClosingIterator's callbacks ----------------------------------------------------
+
+
+_fast_callbacks: Callable[[ClosingIterator], Iterable[Callable[[], Any]]] = operator.attrgetter("_callbacks")
+
+
+def _no_callbacks(body: ClosingIterator) -> Iterable[Callable[[], Any]]:
+    return ()
+
+
+def check_closing_iterator(callbacks: Callable[[ClosingIterator], Iterable[Any]] = _fast_callbacks) -> None:
+    """The callbacks of Werkzeug's own bodies name their response, whose public attributes agree."""
+    from werkzeug.test import create_environ
+    from werkzeug.wrappers import Response
+
+    first, second = (lambda: None), (lambda: None)
+    _expect(list(callbacks(ClosingIterator([b""], [first, second])))[-2:], [first, second], "callbacks")
+    for response in (Response(b"in memory"), Response(iter([b"streamed"]))):
+        body = response(create_environ(), lambda status, headers, exc_info=None: None)
+        owners = [getattr(callback, "__self__", None) for callback in callbacks(body)]
+        _expect(response in owners, True, "the response closes its body")
+        _expect(response.is_sequence, isinstance(response.response, list), "Response.is_sequence")
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def select_closing_iterator(
+    fast: Callable[[ClosingIterator], Iterable[Any]] = _fast_callbacks,
+) -> Callable[[ClosingIterator], Iterable[Callable[[], Any]]]:
+    return select(
+        "werkzeug.wsgi.ClosingIterator._callbacks",
+        "werkzeug",
+        lambda: check_closing_iterator(fast),
+        fast,
+        _no_callbacks,
+    )
+
+
+closing_iterator_callbacks = select_closing_iterator()
+"""The close callbacks of a ``ClosingIterator``; none when they cannot be read (the body is then streamed)."""
+
+
+# -- json: the C encoder ----------------------------------------------------------------------
+
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+_public_compact_json: Callable[[Any], str] = _JSON.encode
+
+
+def _c_compact_json() -> Callable[[Any], str]:
+    make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make_encoder is None:
+        raise Mismatch("no C accelerator in this Python")
+    encode_text = json.encoder.encode_basestring  # the C function when the accelerator is there
+
+    def compact_json(value: Any) -> str:
+        # A fresh markers dict per call, as JSONEncoder does: circular data is refused, and threads share nothing.
+        return "".join(make_encoder({}, str, encode_text, None, ":", ",", False, False, True)(value, 0))
+
+    return compact_json
+
+
+_CHECK_JSON: tuple[Any, ...] = (
+    {"a": 1, "b": [1.5, None, True, False, -0.0, 10**30], "é": 'ü\u2028"\\\n\x00', "": {}},
+    [{"nested": {"deeper": ["x", 2]}}, float("inf"), float("nan")],
+    {1: "integer key", 2.5: "float key", None: "null key", False: "bool key"},
+    {"default=str": {3}, "bytes": b"x"},
+    "plain text",
+    12,
+)
+
+
+def check_compact_json(make: Callable[[], Callable[[Any], str]] = _c_compact_json) -> None:
+    encode = make()
+    for value in _CHECK_JSON:
+        _expect(encode(value), _public_compact_json(value), "JSON text")
+    circular: list[Any] = []
+    circular.append(circular)
+    with contextlib.suppress(ValueError):
+        encode(circular)
+        raise Mismatch("circular data was not refused")
+
+
+def select_compact_json(make: Callable[[], Callable[[Any], str]] = _c_compact_json) -> Callable[[Any], str]:
+    return select(
+        "json.encoder.c_make_encoder", "python", lambda: check_compact_json(make), make, lambda: _public_compact_json
+    )()
+
+
+compact_json: Callable[[Any], str] = select_compact_json()
+"""``json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode``."""
