@@ -19,7 +19,7 @@ from werkzeug.wsgi import ClosingIterator
 from .internals import closing_iterator_callbacks
 
 if TYPE_CHECKING:
-    from .record import RequestState
+    from .capture import RequestState
 
 
 class Finisher(Protocol):

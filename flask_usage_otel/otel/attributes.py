@@ -11,7 +11,7 @@ from ..privacy import scrub_span_attributes
 from ..record import OTHER
 
 if TYPE_CHECKING:
-    from ..record import RequestState
+    from ..capture import RequestState
 
 NETWORK_PROTOCOL_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/2.0": "2", "HTTP/3": "3"}
 """``SERVER_PROTOCOL`` -> ``network.protocol.version``. Anything else is ``_OTHER``: servers
