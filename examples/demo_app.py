@@ -53,7 +53,7 @@ def create_app(config: dict[str, Any] | None = None, **track_usage_options: Any)
     app = Flask("demo")
     app.config["TRACK_USAGE_EXCLUDE_PATHS"] = [r"/healthz", r"/static/.*"]
     if os.environ.get("TRACK_USAGE_OTEL_LOGS"):  # raw rows as OTel log records (docker-compose.yml)
-        from flask_usage_otel.otel.logs import build_logger_provider
+        from flask_usage_otel.otel import build_logger_provider
 
         app.config["TRACK_USAGE_OTEL_LOGS"] = os.environ["TRACK_USAGE_OTEL_LOGS"]
         # The app's choice, made in each worker: OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT.

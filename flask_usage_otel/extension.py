@@ -27,7 +27,7 @@ from .storage.compat import adapt_storages
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from .storage.base import Storage
+    from .storage.base import UsageStorage as Storage  # renamed after the FTU work lands
 
 logger = logging.getLogger("flask_usage_otel")
 

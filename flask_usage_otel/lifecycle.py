@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .config import Settings
     from .prometheus import PrometheusMetrics
-    from .storage.base import Storage
+    from .storage.base import UsageStorage
 
 logger = logging.getLogger("flask_usage_otel")
 
@@ -71,7 +71,7 @@ class RequestTracker:
     settings: Settings
     request_filter: RequestFilter
     sinks: list[Sink]
-    storages: list[Storage]
+    storages: list[UsageStorage]
     metrics: PrometheusMetrics | None
     record_context: RecordContext
     endpoints: dict[str | None, _EndpointInfo] = field(default_factory=dict)

@@ -1,5 +1,6 @@
 """OpenTelemetry: the per-request server span and OTel HTTP metrics (``sink.py``), their
-attribute values (``attributes.py``), and the SDK set-up (``setup.py``).
+attribute values (``attributes.py``), raw rows as log records (``logs.py``) and the SDK
+set-up (``setup.py``).
 
 Importing this package never loads ``opentelemetry``: that is imported when a sink or
 provider is created, so an app without the ``otel`` extra never needs it. The names below
@@ -9,6 +10,7 @@ stay importable from ``flask_usage_otel.otel``.
 from __future__ import annotations
 
 from .attributes import NETWORK_PROTOCOL_VERSIONS
+from .logs import EVENT_NAME, build_logger_provider
 from .setup import (
     INSTRUMENTATION_NAME,
     OpenTelemetryNotConfiguredWarning,
@@ -21,10 +23,12 @@ from .setup import (
 from .sink import OtelSink
 
 __all__ = [
+    "EVENT_NAME",
     "INSTRUMENTATION_NAME",
     "NETWORK_PROTOCOL_VERSIONS",
     "OpenTelemetryNotConfiguredWarning",
     "OtelSink",
+    "build_logger_provider",
     "build_meter_provider",
     "build_tracer_provider",
     "configure_opentelemetry",

@@ -2,8 +2,7 @@
 
 ``Storage`` and ``Writer`` here are Flask-Track-Usage's base classes, so code written for
 ``flask_track_usage.storage`` works after renaming the import; the protocol of batch
-storages (``store(records)``) is :class:`flask_usage_otel.Storage`
-(``flask_usage_otel.storage.base.Storage``).
+storages (``store(records)``) is :class:`flask_usage_otel.UsageStorage`.
 """
 
 from .compat import Storage, Writer

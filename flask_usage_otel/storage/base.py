@@ -1,4 +1,7 @@
-"""The ``Storage`` protocol: what a backend for raw usage records provides."""
+"""The ``UsageStorage`` protocol: what a backend for raw usage records provides.
+
+(``flask_usage_otel.storage.Storage`` is Flask-Track-Usage's base class, kept at its module path.)
+"""
 
 from __future__ import annotations
 
@@ -29,15 +32,17 @@ SUMMARY_PERIODS: tuple[str, ...] = ("hour", "day", "month")
 
 
 @runtime_checkable
-class Storage(Protocol):
+class UsageStorage(Protocol):
     """A backend for raw usage records.
 
-    ``store`` is called off the request path (by the storage writer's thread, or
-    inline when ``TRACK_USAGE_SYNC_WRITES`` is on) with a batch of records; it
-    either stores the whole batch or raises, so a retry never duplicates rows.
+    ``store`` is called off the request path (by the background writer's thread, or
+    inline when ``TRACK_USAGE_SYNC_WRITES`` is on) with a batch of :class:`UsageRecord`;
+    it either stores the whole batch or raises, so a retry never duplicates rows. A storage
+    that deals with each record on its own and cannot undo the ones done returns how many it
+    lost instead (they are counted as dropped, reason ``storage_error``).
     """
 
-    def store(self, records: Sequence[UsageRecord]) -> None:
+    def store(self, records: Sequence[UsageRecord]) -> int | None:
         """Store a batch of records atomically."""
         ...
 

@@ -153,7 +153,7 @@ class Writer(_BaseWritable):
 class Storage(_BaseWritable):
     """A storage that can also read back (Flask-Track-Usage's ``flask_track_usage.storage.Storage``).
 
-    Not to be confused with :class:`flask_usage_otel.Storage`, the protocol of batch storages
+    Not to be confused with :class:`flask_usage_otel.UsageStorage`, the protocol of batch storages
     such as :class:`~flask_usage_otel.storage.sql.SQLStorage`.
     """
 

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..prometheus import PrometheusMetrics
     from ..record import RecordContext
-    from .base import Storage
+    from .base import UsageStorage
 
 
 def storage_sink(
-    storage: Storage, settings: Settings, metrics: PrometheusMetrics | None, context: RecordContext
+    storage: UsageStorage, settings: Settings, metrics: PrometheusMetrics | None, context: RecordContext
 ) -> Sink:
     """The sink that writes an app's requests to ``storage``, as its settings say."""
     observer = metrics.storage_observer() if metrics is not None else Observer()
@@ -37,7 +37,7 @@ class StorageSink(QueueingSink):
 
     name = "storage"
 
-    def __init__(self, storage: Storage, context: RecordContext, settings: Settings, observer: Observer) -> None:
+    def __init__(self, storage: UsageStorage, context: RecordContext, settings: Settings, observer: Observer) -> None:
         self.storage = storage
         super().__init__(storage, context, settings, observer)
 
@@ -47,7 +47,7 @@ class SyncStorageSink(Sink):
 
     name = "storage"
 
-    def __init__(self, storage: Storage, context: RecordContext, observer: Observer) -> None:
+    def __init__(self, storage: UsageStorage, context: RecordContext, observer: Observer) -> None:
         self.storage = storage
         self._context = context
         self._observer = observer
