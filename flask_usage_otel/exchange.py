@@ -47,6 +47,8 @@ class Exchange:
     headers: list[tuple[str, str]] | None = None
     body: Iterable[bytes] | None = None
     sent = 0
+    handed_over = False
+    """Whether the server was given a chunk of the body yet (it may send the headers with an empty one)."""
     finished = False
 
     def __init__(self, tracker: Finisher, start_response: Callable[..., Any]) -> None:
@@ -65,6 +67,7 @@ class Exchange:
         try:
             for chunk in self.body:  # type: ignore[union-attr]
                 self.sent += len(chunk)
+                self.handed_over = True
                 yield chunk
         except Exception as exc:  # the body failed mid-way; the server aborts the response
             self.tracker.body_failed(self, exc)

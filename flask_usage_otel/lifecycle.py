@@ -300,7 +300,14 @@ class RequestTracker:
     # -- finishing --------------------------------------------------------------------
 
     def body_failed(self, exchange: Exchange, exc: BaseException) -> None:
-        """The body raised while being sent: the client got a cut response."""
+        """The body raised while being sent.
+
+        Before its first chunk the server has sent nothing yet, so the client gets the server's own
+        500 page: that is the status recorded. After one (gunicorn and Werkzeug send the headers
+        even with an empty chunk), the client got the status the app started and a cut body.
+        """
+        if not exchange.handed_over:
+            exchange.status = _INTERNAL_ERROR
         state = exchange.state
         if state is not None:
             _note_error(state, exc)

@@ -29,13 +29,17 @@ class UsageErasure:
 
         def _table_state(self) -> TableState: ...
 
+        def prune_batch_ids(self) -> int: ...
+
     def prune(self, older_than: timedelta, *, chunk_size: int = 10_000) -> int:
         """Delete rows older than ``older_than`` (from now), ``chunk_size`` rows per transaction;
         returns how many were deleted."""
         if not isinstance(older_than, timedelta) or older_than <= timedelta(0):
             raise ValueError(f"older_than must be a positive timedelta, got {older_than!r}")
         cutoff = naive_utc(datetime.now(timezone.utc) - older_than)
-        return self._delete_in_chunks(self.table.c.datetime < cutoff, chunk_size)
+        deleted = self._delete_in_chunks(self.table.c.datetime < cutoff, chunk_size)
+        self.prune_batch_ids()  # the ids of written batches are kept a day, whatever the rows' retention
+        return deleted
 
     def forget(
         self,

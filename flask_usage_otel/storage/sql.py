@@ -330,10 +330,16 @@ class SQLStorage(UsageReading, UsageErasure):
             raise
         if self._batch_log.prune_due():
             try:
-                with self._deadline():
-                    self._batch_log.prune(self.engine)
+                self.prune_batch_ids()
             except (sa_exc.SQLAlchemyError, WriteTimeout) as exc:
                 logger.info("could not delete old batch ids (%s); will try again in an hour", type(exc).__name__)
+
+    def prune_batch_ids(self) -> int:
+        """Delete the batch ids older than a day (``sql_batches.BATCH_ID_RETENTION``); returns how many."""
+        if not self._table_state().batch_ids:
+            return 0
+        with self._deadline():
+            return self._batch_log.prune(self.engine)
 
     @contextlib.contextmanager
     def _deadline(self, *, ping: bool = True) -> Iterator[None]:

@@ -11,7 +11,9 @@ path (COPY included), and on a Flask-Track-Usage table, which is never altered:
 the ids live in a table of their own, ``<table>_batches``.
 
 Ids are kept ``BATCH_ID_RETENTION`` (a retry never comes later than its writer's
-process lives), and older ones are deleted at most once an hour by the writer.
+process lives). Older ones are deleted by each writer with its first batch and then at most
+once an hour (so writers that live minutes, such as recycled gunicorn workers, prune too),
+and by every ``prune`` (``SQLStorage.prune``, ``flask usage prune``).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class BatchLog:
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
-        self._last_prune = time.monotonic()
+        self._last_prune = -_PRUNE_EVERY  # the first batch of each writer prunes
         self._compiled: tuple[sa.Dialect, str, Any] | None = None
 
     def claim(self, conn: sa.Connection, batch_id: str) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -33,6 +34,19 @@ def create_app() -> Flask:
         raise RuntimeError("teardown bug")
 
     app.register_blueprint(fragile)
+
+    @app.route("/failing-stream/<when>")
+    def failing_stream(when: str) -> Response:
+        """A streamed body that fails: before its first chunk, after an empty one, or mid-way."""
+
+        def body() -> Iterator[bytes]:
+            if when == "after-empty":
+                yield b""
+            elif when == "mid-way":
+                yield b"partial"
+            raise RuntimeError("stream broke")
+
+        return Response(body(), mimetype="text/plain")
 
     @app.route("/healthz")
     def healthz() -> str:

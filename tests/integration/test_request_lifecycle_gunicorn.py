@@ -57,3 +57,38 @@ def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
         ("/fragile/page", 500, "RuntimeError"): 5,
         ("/items/<int:item_id>", 200, None): 20,
     }
+
+
+def test_a_stream_that_fails_before_its_first_byte_is_the_servers_500(tmp_path: Path) -> None:
+    """Under gunicorn the client of a body that raises before any byte gets gunicorn's 500 page:
+    the row, the counter and the span say 500. After a byte, the client got 200 and a cut body."""
+    multiproc = tmp_path / "metrics"
+    multiproc.mkdir()
+    db = tmp_path / "usage.db"
+    with run_gunicorn(
+        tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env={"USAGE_DB_URL": f"sqlite:///{db}"}
+    ) as server:
+        with requests.Session() as session:
+            assert session.get(f"{server.base_url}/failing-stream/before-first", timeout=10).status_code == 500
+            for when in ("after-empty", "mid-way"):  # gunicorn sent the 200 headers with the first chunk
+                with pytest.raises(requests.exceptions.RequestException):
+                    session.get(f"{server.base_url}/failing-stream/{when}", timeout=10).content  # noqa: B018
+        with requests.Session() as session:
+            spans = session.get(server.base_url + "/spans", timeout=10).json()
+            _, samples = scrape(server.base_url, session)
+        assert spans["statuses"] == {"500": 1, "200": 2}
+        counts = {k: v for k, v in request_counts(samples).items() if v}
+        assert counts == {("GET", "/failing-stream/<when>", "500"): 1, ("GET", "/failing-stream/<when>", "200"): 2}
+        assert server.stop() == 0
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT path, status, response_size, exception FROM flask_usage").all()
+    finally:
+        engine.dispose()
+    assert sorted(map(tuple, rows)) == [
+        ("/failing-stream/after-empty", 200, 0, "RuntimeError"),
+        ("/failing-stream/before-first", 500, 0, "RuntimeError"),
+        ("/failing-stream/mid-way", 200, 7, "RuntimeError"),
+    ]

@@ -192,3 +192,40 @@ def test_the_byte_budget_is_given_back_after_each_write(tmp_path: Any) -> None:
     assert dropped(registry, "queue_full") == 0
     assert registry.get_sample_value("flask_usage_storage_rows_written_total") == 3 * 64
     assert queue_of(tracker, app).queued_bytes == 0
+
+
+def test_old_batch_ids_go_with_a_short_lived_writer_and_with_every_prune(db_url: str, table_name: str) -> None:
+    """Recycled workers live minutes: each writer prunes with its first batch, and so does prune()."""
+    from datetime import datetime, timedelta, timezone
+
+    storage = SQLStorage(db_url, table_name=table_name)
+    try:
+        storage.create_table()
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with storage.engine.begin() as conn:
+            conn.execute(
+                storage.batches.insert(),
+                [{"batch_id": f"old{i:029d}", "written_at": now - timedelta(days=3)} for i in range(1000)]
+                + [{"batch_id": "fresh", "written_at": now - timedelta(hours=2)}],
+            )
+
+        def ids() -> set[str]:
+            with storage.engine.connect() as conn:
+                return set(conn.execute(sa.select(storage.batches.c.batch_id)).scalars())
+
+        app, tracker, _ = tracked_app(storage)
+        send(app, 3)
+        with app.app_context():
+            assert tracker.flush(WAIT)
+        remaining = ids()
+        assert not any(batch_id.startswith("old") for batch_id in remaining)
+        assert "fresh" in remaining  # kept a day
+        assert len(remaining) >= 2  # and the new batch's own id
+
+        with storage.engine.begin() as conn:
+            conn.execute(storage.batches.insert(), [{"batch_id": "old-again", "written_at": now - timedelta(days=2)}])
+        storage.prune(older_than=timedelta(days=365))
+        assert "old-again" not in ids()
+    finally:
+        drop_table(storage.engine, table_name)
+        storage.engine.dispose()
