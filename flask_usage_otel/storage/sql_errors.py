@@ -150,7 +150,7 @@ def mask_credentials(text: str, url: sa.URL | str | None = None) -> str:
     return _DSN_PASSWORD_RE.sub(rf"\g<head>{_MASK}", text)
 
 
-def describe(exc: BaseException, url: sa.URL | str | None = None) -> str:
+def describe(exc: BaseException, url: sa.URL | str | None = None, *, message: bool | None = None) -> str:
     """One line for a log about a failed database call: never a row's values, never a password.
 
     ``OperationalError (psycopg.OperationalError): connection failed: connection to server at
@@ -158,7 +158,8 @@ def describe(exc: BaseException, url: sa.URL | str | None = None) -> str:
 
     The type and the database's code always; the driver's message for connection errors only
     (:func:`is_connection_error`), with credentials masked; ``url`` (the engine's), shown with its
-    password hidden, says which database was meant.
+    password hidden, says which database was meant. ``message=True`` gives the message of any
+    error, for a statement that carried no row data (a look at the table's layout).
     """
     orig: Any = getattr(exc, "orig", None)
     kinds = [type(orig).__module__.split(".")[0] + "." + type(orig).__name__] if orig is not None else []
@@ -166,7 +167,7 @@ def describe(exc: BaseException, url: sa.URL | str | None = None) -> str:
     if code is not None:
         kinds.append(f"code {code}")
     line = type(exc).__name__ + (f" ({', '.join(kinds)})" if kinds else "")
-    if is_connection_error(exc):
+    if message if message is not None else is_connection_error(exc):
         message = str(orig if orig is not None else exc)
         line += ": " + " ".join(mask_credentials(message, url).split())  # one line: libpq's hints come on new lines
     if url is not None:
