@@ -168,7 +168,7 @@ def fill(markdown: str, *, keep_markers: bool = True) -> str:
         closing = marker.replace("<!-- ", "<!-- /")
         # Blank lines around the table: on GitHub an HTML comment's block ends only at one.
         text = f"{marker}\n\n{render()}\n\n{closing}" if keep_markers else render()
-        markdown = _region_re(marker).sub(lambda _, text=text: text, markdown)  # text as is: no \\1 escapes
+        markdown = _region_re(marker).sub(lambda _, text=text: text, markdown)  # taken as is: it holds "\\|"
     return markdown
 
 
