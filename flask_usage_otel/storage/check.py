@@ -55,6 +55,7 @@ def check_storage(storage: Any) -> list[Finding]:
                     version = ".".join(map(str, conn.dialect.server_version_info or ())) or "?"
                     server = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else conn.dialect.name
                     connected = Finding(OK, f"connected to {shown} ({server} {version}) in {_ms(started)} ms")
+                    doing = "cannot read the tables' layout"
                     return [connected, *_tables(storage, conn)]
             except Exception:
                 if attempt.expired:

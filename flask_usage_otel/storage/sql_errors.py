@@ -185,6 +185,8 @@ def advice(exc: BaseException, url: sa.URL | str | None = None) -> str | None:
     database = where.database if where is not None else None
     if isinstance(exc.orig, sqlite3.OperationalError) and "unable to open database file" in message:
         return f"SQLite cannot open {database!r}: does its directory exist, and may this process write there?"
+    if "timeout expired" in message or "timed out" in message:
+        return "the server did not answer in time: is the host right, and is a firewall dropping the packets?"
     if "Connection refused" in message or code == 2003 or "could not translate host name" in message:
         server = f"{where.host}:{where.port}" if where is not None and where.host else "the server"
         return f"nothing answers at {server}: is the database server running there, and is the host and port right?"
@@ -192,8 +194,6 @@ def advice(exc: BaseException, url: sa.URL | str | None = None) -> str | None:
         return f"the database {database!r} does not exist: create it, or fix the database name in the URL"
     if code == 1045 or "password authentication failed" in message or re.search(r"role \"[^\"]*\" does not", message):
         return "the server refused the user name or password: fix them in the URL"
-    if "timeout expired" in message or "timed out" in message:
-        return "the server did not answer in time: is the host right, and is a firewall dropping the packets?"
     return None
 
 

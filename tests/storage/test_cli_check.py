@@ -4,6 +4,7 @@ table is missing or has Flask-Track-Usage's layout, when it cannot write, and wh
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,32 @@ def test_a_database_that_cannot_be_reached_is_named_with_what_to_do(
     }[case]
     assert said[2].startswith(expected), said
     assert "Error: 1 problem: see above" in result.output
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word (a black-holed server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "mysql+pymysql"])
+def test_a_server_that_never_answers_is_named_within_the_connect_timeout(scheme: str, silent_port: int) -> None:
+    # PyMySQL waits for the server's greeting up to its read timeout (statement_timeout), libpq up to connect_timeout.
+    url = f"{scheme}://app:{SECRET}@127.0.0.1:{silent_port}/shop"
+    storage = SQLStorage(url, connect_timeout=2, statement_timeout=2)
+    started = time.monotonic()
+    result = check(storage)
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1, result.output
+    assert SECRET not in result.output
+    said = lines(result)
+    assert said[1].startswith("problem cannot connect: OperationalError (")
+    assert said[2] == (
+        "-> the server did not answer in time: is the host right, and is a firewall dropping the packets?"
+    ), said
 
 
 def test_a_flask_track_usage_table_is_sent_to_upgrade_table_and_then_passes(db_url: str, table_name: str) -> None:
