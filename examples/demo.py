@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shlex
+import signal
 import sqlite3
 import sys
 import threading
@@ -254,6 +255,8 @@ def _print_next_steps(db_path: Path, port: int) -> None:
         ("the raw rows of every run so far, with the `flask usage` command:", None),
         (None, f"{flask} summary --by route --period day --since 1d"),
         (None, f"{flask} export --since 1h --format csv --output {shlex.quote(str(db_path.parent / 'usage.csv'))}"),
+        ("rows missing? check that the database answers and its tables are right (says what to run if not):", None),
+        (None, f"{flask} check"),
         ("serve the demo app and scrape it (Ctrl-C stops it):", None),
         (None, f"{venv_bin / 'python'} examples/demo.py --serve --port {port} --db {shlex.quote(str(db_path))}"),
         ("and, in another terminal:", None),
@@ -274,6 +277,9 @@ def _print_next_steps(db_path: Path, port: int) -> None:
 
 
 def _serve_until_interrupted(server: Any, base_url: str, track: Any, app: Any) -> None:
+    # Started in the background by a shell (`make demo ... &`, a job runner), the process inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: Ctrl-C (or kill -INT) must stop it all the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"\nserving {base_url} until Ctrl-C (rows go to the database within a second)", flush=True)
     try:
         threading.Event().wait()

@@ -97,6 +97,34 @@ def _check_range(since: datetime | None, until: datetime | None) -> None:
 usage = AppGroup("usage", help="Raw usage rows kept by TrackUsage's SQL storage.")
 
 
+@usage.command("check")
+def check() -> None:
+    """Connect to each SQL storage and check its tables; say what is wrong and what to run (exit 1 then)."""
+    from .storage.check import NOTE, PROBLEM, check_storage
+
+    tracker = current_app.extensions.get("track_usage")
+    if tracker is None:
+        raise click.UsageError("this app has no TrackUsage; set it up with TrackUsage(app, storage=SQLStorage(...))")
+    storages = tracker.storages()
+    if not storages:
+        click.echo("this app's TrackUsage has no storage: no rows are kept, nothing to check")
+        return
+    problems = 0
+    for storage in storages:
+        click.echo(repr(storage))
+        if not (hasattr(storage, "engine") and hasattr(storage, "batches")):
+            click.echo("  skip     not an SQL storage: nothing to check")
+            continue
+        for finding in check_storage(storage):
+            problems += finding.level == PROBLEM
+            click.echo(f"  {finding.level:<8} {finding.text}")
+            if finding.todo and finding.level in (NOTE, PROBLEM):
+                click.echo(f"  {'':<8} -> {finding.todo}")
+    if problems:
+        raise click.ClickException(f"{problems} problem{'s' if problems > 1 else ''}: see above")
+    click.echo("everything checked is in order")
+
+
 @usage.command("create-tables")
 def create_tables() -> None:
     """Create the usage table and its indexes (nothing happens when they exist)."""

@@ -61,16 +61,14 @@ CaptureUser = Callable[[], str | None] | str | None
 _PACKAGE = __name__.partition(".")[0]
 
 
-class LegacySettingWarning(DeprecationWarning):
+class LegacySettingWarning(FutureWarning):
     """A Flask-Track-Usage setting that is accepted but obsolete.
 
-    Python hides a ``DeprecationWarning`` unless it is raised from ``__main__``; these are
-    about the user's own configuration, so they are shown once per place by default
-    (``-W`` and ``warnings`` filters set later still decide).
+    A ``FutureWarning``, Python's category for deprecations aimed at the people who run
+    an application (a ``DeprecationWarning`` is hidden unless raised from ``__main__``):
+    shown once per place by default, and ``-W``, ``PYTHONWARNINGS`` and ``warnings``
+    filters decide as for any warning. This module never touches the global filters.
     """
-
-
-warnings.filterwarnings("default", category=LegacySettingWarning)
 
 
 class ConfigError(ValueError):

@@ -107,6 +107,8 @@ class TrackUsage:
             if otel_sink is not None:
                 sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None
+        if metrics is not None and storages:
+            metrics.add_storage_metrics()  # only then: /metrics of an app without a storage shows none
         if metrics is not None:
             sinks.append(
                 PrometheusSink(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -120,7 +123,7 @@ def test_use_freegeoip_takes_any_value_by_its_truth_and_warns(value: object) -> 
     with pytest.warns(LegacySettingWarning, match="TRACK_USAGE_USE_FREEGEOIP") as caught:
         settings = load_settings({"TRACK_USAGE_USE_FREEGEOIP": value})
     assert settings.geoip_db is None
-    assert all(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert all(issubclass(w.category, FutureWarning) for w in caught)  # shown to users by default
     expected = "replaced by TRACK_USAGE_GEOIP_DB" if value else "has no effect"
     assert expected in str(caught[0].message)
 
@@ -133,6 +136,56 @@ def test_other_flask_track_usage_keys_warn_as_obsolete() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_settings({"TRACK_USAGE_COOKIE": False})  # off, as Flask-Track-Usage had it: nothing to say
+
+
+LEGACY_APP = """
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from flask_usage_otel import TrackUsage
+app = Flask("legacy")
+app.config["TRACK_USAGE_USE_FREEGEOIP"] = True
+TrackUsage(app, registry=CollectorRegistry())
+print("started")
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "environment", "outcome"),
+    [
+        ([], None, "shown"),
+        (["-W", "error"], None, "raised"),
+        (["-W", "ignore"], None, "silent"),
+        (["-W", "error::FutureWarning"], None, "raised"),
+        ([], "error", "raised"),
+        ([], "ignore", "silent"),
+        ([], "ignore::FutureWarning", "silent"),
+    ],
+)
+def test_legacy_warning_obeys_the_interpreters_warning_options(
+    options: list[str], environment: str | None, outcome: str
+) -> None:
+    # Importing the package must not change the global filters: -W and PYTHONWARNINGS decide.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    if environment is not None:
+        env["PYTHONWARNINGS"] = environment
+    result = subprocess.run(
+        [sys.executable, *options, "-c", LEGACY_APP], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if outcome == "raised":
+        assert result.returncode != 0
+        assert "LegacySettingWarning: TRACK_USAGE_USE_FREEGEOIP" in result.stderr
+        assert "started" not in result.stdout
+        return
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+    assert ("TRACK_USAGE_USE_FREEGEOIP" in result.stderr) is (outcome == "shown"), result.stderr
+
+
+def test_importing_the_package_leaves_the_warning_filters_alone() -> None:
+    code = "import warnings; before = list(warnings.filters); import flask_usage_otel.config, flask_usage_otel; "
+    code += "assert warnings.filters == before, [f for f in warnings.filters if f not in before]"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_legacy_warning_points_at_the_callers_line() -> None:

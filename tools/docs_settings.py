@@ -7,15 +7,22 @@ added to config.py appears in the reference without touching the docs. Only the 
 meaning of each key is prose, in ``MEANINGS`` below; a key without one is listed with
 "(not described yet)", and ``tests/test_docs.py`` fails until it has one.
 
-Used two ways: as a MkDocs hook (``hooks:`` in mkdocs.yml) that fills the marker in
-docs/configuration.md, and from the tests through :func:`settings_rows`.
+The tables are in docs/configuration.md itself, between ``<!-- settings-table -->`` and
+``<!-- /settings-table -->`` (and likewise for the other two), so the page reads the same in
+the repository as on the site. ``python tools/docs_settings.py`` writes them there after a
+change to config.py, and ``tests/test_docs_facts.py`` fails until it has been run. As a MkDocs
+hook (``hooks:`` in mkdocs.yml) it puts the tables fresh from the code in the built page,
+without the markers. The tests also use :func:`settings_rows`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- settings-table -->"
@@ -145,9 +152,36 @@ def removed_table() -> str:
     return "\n".join(f"- `{key}`: {message}" for key, message in removed.items())
 
 
-def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """MkDocs hook: put the generated tables where the page asks for them."""
-    for marker, render in ((MARKER, settings_table), (LEGACY_MARKER, legacy_table), (REMOVED_MARKER, removed_table)):
-        if marker in markdown:
-            markdown = markdown.replace(marker, render())
+def _regions() -> list[tuple[str, Callable[[], str]]]:
+    return [(MARKER, settings_table), (LEGACY_MARKER, legacy_table), (REMOVED_MARKER, removed_table)]
+
+
+def _region_re(marker: str) -> re.Pattern[str]:
+    """``marker``, then what was generated last time up to its closing marker (if there is one yet)."""
+    closing = marker.replace("<!-- ", "<!-- /")
+    return re.compile(re.escape(marker) + r"(?:\n.*?\n" + re.escape(closing) + ")?", flags=re.S)
+
+
+def fill(markdown: str, *, keep_markers: bool = True) -> str:
+    """``markdown`` with each marked table generated anew from config.py."""
+    for marker, render in _regions():
+        closing = marker.replace("<!-- ", "<!-- /")
+        # Blank lines around the table: on GitHub an HTML comment's block ends only at one.
+        text = f"{marker}\n\n{render()}\n\n{closing}" if keep_markers else render()
+        markdown = _region_re(marker).sub(lambda _, text=text: text, markdown)  # taken as is: it holds "\\|"
     return markdown
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """MkDocs hook: the generated tables where the page asks for them, without the markers."""
+    return fill(markdown, keep_markers=False)
+
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+if __name__ == "__main__":  # python tools/docs_settings.py: write the tables into docs/configuration.md
+    sys.path.insert(0, str(PAGE.parent.parent))
+    before = PAGE.read_text()
+    after = fill(before)
+    PAGE.write_text(after)
+    print(f"{PAGE.name}: {'updated' if after != before else 'already up to date'}")

@@ -67,42 +67,66 @@ class PrometheusMetrics:
             ("component",),
             registry=registry,
         )
-        self.storage_queue_rows = Gauge(
-            f"{prefix}storage_queue_rows",
-            "Rows waiting in the storage writer's queue.",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.storage_rows_written = Counter(
-            f"{prefix}storage_rows_written", "Rows the storage writer has written.", registry=registry
-        )
-        self.storage_rows_dropped = Counter(
-            f"{prefix}storage_rows_dropped",
-            "Rows the storage writer dropped, for any reason (see storage_dropped_total by reason).",
-            registry=registry,
-        )
-        self.storage_write_errors = Counter(
-            f"{prefix}storage_write_errors",
-            "Failed attempts to write a batch (the batch is retried).",
-            registry=registry,
-        )
-        self.storage_dropped = Counter(
-            f"{prefix}storage_dropped",
-            f"Rows not written, by reason: {', '.join(DROP_REASONS)}.",
-            ("reason",),
-            registry=registry,
-        )
-        for reason in DROP_REASONS:  # every reason shows as 0 from the start: rate() and alerts see them
-            self.storage_dropped.labels(reason)
-        self.storage_write_timeouts = Counter(
-            f"{prefix}storage_write_timeouts",
-            "Write attempts abandoned because the database did not answer within the deadline (retried).",
-            registry=registry,
-        )
         info = Gauge(
             f"{prefix}info", "flask-usage-otel version.", ("version",), multiprocess_mode="max", registry=registry
         )
         info.labels(__version__).set(1)
+        self._registry = registry
+        self._storage_lock = threading.Lock()
+
+    # Made by add_storage_metrics: an app without a storage shows no storage metric on /metrics.
+    storage_queue_rows: Gauge
+    storage_rows_written: Counter
+    storage_rows_dropped: Counter
+    storage_write_errors: Counter
+    storage_dropped: Counter
+    storage_write_timeouts: Counter
+
+    def __getattr__(self, name: str) -> object:
+        # A writer given these metrics directly (not through init_app) makes them on first use.
+        if name.startswith("storage_") and name in PrometheusMetrics.__annotations__:
+            self.add_storage_metrics()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def add_storage_metrics(self) -> None:
+        """Register the storage writer's metrics (once; for an app that has a storage)."""
+        with self._storage_lock:
+            if "storage_write_timeouts" in self.__dict__:
+                return
+            registry, prefix = self._registry, self.prefix
+            self.storage_queue_rows = Gauge(
+                f"{prefix}storage_queue_rows",
+                "Rows waiting in the storage writer's queue.",
+                multiprocess_mode="livesum",
+                registry=registry,
+            )
+            self.storage_rows_written = Counter(
+                f"{prefix}storage_rows_written", "Rows the storage writer has written.", registry=registry
+            )
+            self.storage_rows_dropped = Counter(
+                f"{prefix}storage_rows_dropped",
+                "Rows the storage writer dropped, for any reason (see storage_dropped_total by reason).",
+                registry=registry,
+            )
+            self.storage_write_errors = Counter(
+                f"{prefix}storage_write_errors",
+                "Failed attempts to write a batch (the batch is retried).",
+                registry=registry,
+            )
+            self.storage_dropped = Counter(
+                f"{prefix}storage_dropped",
+                f"Rows not written, by reason: {', '.join(DROP_REASONS)}.",
+                ("reason",),
+                registry=registry,
+            )
+            for reason in DROP_REASONS:  # every reason shows as 0 from the start: rate() and alerts see them
+                self.storage_dropped.labels(reason)
+            self.storage_write_timeouts = Counter(
+                f"{prefix}storage_write_timeouts",
+                "Write attempts abandoned because the database did not answer within the deadline (retried).",
+                registry=registry,
+            )
 
     def storage_observer(self) -> StorageObserver:
         """An observer of one storage writer, reporting into these metrics."""

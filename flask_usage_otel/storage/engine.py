@@ -37,9 +37,17 @@ _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 def make_engine(
     conn_str: str, options: dict[str, Any], *, connect_timeout: float | None, statement_timeout: float | None
 ) -> sa.Engine:
-    """An engine for ``conn_str`` with the deadlines above; ``options`` (``create_engine`` keywords) win."""
+    """An engine for ``conn_str`` with the deadlines above; ``options`` (``create_engine`` keywords) win.
+
+    :raises ValueError: the URL names a dialect or driver SQLAlchemy cannot load (``postgres://``,
+        ``mysql://`` without mysqlclient): the message gives the URL to use instead.
+    """
     url = sa.make_url(conn_str)
-    backend, driver = url.get_backend_name(), url.get_driver_name()
+    backend = url.get_backend_name()
+    try:
+        driver = url.get_driver_name()
+    except sa_exc.NoSuchModuleError as exc:  # postgres:// (Heroku's and libpq's spelling) is no SQLAlchemy dialect
+        raise ValueError(_use_instead(url, exc)) from None
     options.setdefault("hide_parameters", True)
     connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
     memory = backend == "sqlite" and url.database in (None, "", ":memory:")
@@ -64,7 +72,10 @@ def make_engine(
             connect_args.setdefault("write_timeout", max(1, math.ceil(statement_timeout)))
     elif backend == "sqlite" and statement_timeout:
         connect_args.setdefault("timeout", statement_timeout)  # how long to wait for a lock
-    engine = sa.create_engine(url, connect_args=connect_args, **options)
+    try:
+        engine = sa.create_engine(url, connect_args=connect_args, **options)
+    except (sa_exc.NoSuchModuleError, ModuleNotFoundError) as exc:  # `mysql://` wants MySQLdb, not installed
+        raise ValueError(_use_instead(url, exc)) from None
     if backend == "sqlite" and not memory:
         sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
     elif "pool_pre_ping" not in options:  # the caller's own choice wins
@@ -72,6 +83,23 @@ def make_engine(
         sa.event.listen(engine, "checkout", lambda dbapi, record, proxy: _ping(dbapi, ping_timeout))
     register_engine(engine)
     return engine
+
+
+_DRIVERS = {"postgres": "postgresql+psycopg", "postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+_DRIVERS["mariadb"] = "mariadb+pymysql"
+_PACKAGES = {"psycopg": "psycopg[binary] (the extra 'postgres')", "pymysql": "PyMySQL (the extra 'mysql')"}
+
+
+def _use_instead(url: sa.URL, error: Exception) -> str:
+    """What went wrong, then the URL with a driver this package supports (its password hidden)."""
+    problem = f"SQLAlchemy cannot load {url.drivername!r} ({error})"
+    better = _DRIVERS.get(url.drivername.partition("+")[0])
+    if better is None:
+        return f"{problem}: check the URL's scheme and that its driver is installed"
+    if better == url.drivername:
+        return f"{problem}: install {_PACKAGES[better.partition('+')[2]]}"
+    fixed = url.set(drivername=better).render_as_string(hide_password=True)
+    return f"{problem}: use {fixed!r} (its driver: {_PACKAGES[better.partition('+')[2]]})"
 
 
 def register_engine(engine: sa.Engine) -> None:

@@ -178,8 +178,10 @@ class UsageReading:
         check_positive_int("limit", limit)
         check_positive_int("page", page)
         unknown = set(filters) - set(FILTER_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown filter {sorted(unknown)}; filters are {', '.join(FILTER_COLUMNS)}")
+        if unknown:  # as Python says it for read_usage's own keywords
+            raise TypeError(
+                f"got an unexpected keyword argument {min(unknown)!r} (the filters are {', '.join(FILTER_COLUMNS)})"
+            )
         where = self._where(start_date, end_date, filters)
         state = self._table_state()
         table = self.table

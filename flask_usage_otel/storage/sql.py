@@ -294,17 +294,10 @@ class SQLStorage(UsageReading, UsageErasure):
         """
         return sql_errors.is_transient(exc)
 
-    @staticmethod
-    def describe_error(exc: BaseException) -> str:
-        """What went wrong, for the writer's log: the error's type, its cause's and the database's code."""
-        parts = [type(exc).__name__]
-        orig = getattr(exc, "orig", None) or exc.__cause__
-        if orig is not None:
-            parts.append(type(orig).__name__)
-        code = sql_errors.database_code(exc)
-        if code is not None:
-            parts.append(f"code {code}")
-        return ", ".join(parts)
+    def describe_error(self, exc: BaseException) -> str:
+        """What went wrong, for the writer's log: the error's type and database code, and for a connection
+        error (which carries no row data) the driver's message, credentials masked, and which database."""
+        return sql_errors.describe(exc, self._engine.url if self._engine is not None else None)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -12,13 +12,20 @@
 
 Exception class names alone do not tell: PyMySQL raises a CHECK constraint failure
 as ``OperationalError``, and PostgreSQL's read-only error is an ``InternalError``.
+
+:func:`describe` says what went wrong in a line fit for a log: the error's type and
+code always, and the driver's own message only for connection errors, which carry
+no row data, with any credentials masked. :func:`advice` says what to do about a
+connection error (used by ``flask usage check``).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 _PG_REJECTED_CLASSES = frozenset({"22", "23", "54"})
@@ -108,3 +115,87 @@ def is_transient(exc: BaseException) -> bool:
 
 def _is_mysql(orig: Any) -> bool:
     return type(orig).__module__.split(".")[0] in ("pymysql", "MySQLdb", "mysql", "mariadb")
+
+
+# -- saying what went wrong -------------------------------------------------------------------
+
+_URL_CREDENTIALS_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]*(?P<at>@)")
+_DSN_PASSWORD_RE = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s;,&]+)", re.I
+)
+_MASK = "***"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The error is about reaching the database (connecting, or a connection lost), not a statement's data.
+
+    Such an error's message is the driver's or the server's about the connection: it quotes
+    no row value (a statement's errors can: a duplicate key, a value out of range).
+    """
+    if isinstance(exc, sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        # No statement: raised while connecting. Invalidated: the connection broke under a statement.
+        return exc.statement is None or exc.connection_invalidated
+    return False
+
+
+def mask_credentials(text: str, url: sa.URL | str | None = None) -> str:
+    """``text`` with the passwords of URLs (``scheme://user:***@host``) and DSNs (``password=***``) masked,
+    and ``url``'s own password wherever it appears."""
+    password = _url(url).password if url is not None else None
+    if password:
+        text = text.replace(str(password), _MASK)
+    text = _URL_CREDENTIALS_RE.sub(rf"\g<head>{_MASK}\g<at>", text)
+    return _DSN_PASSWORD_RE.sub(rf"\g<head>{_MASK}", text)
+
+
+def describe(exc: BaseException, url: sa.URL | str | None = None, *, message: bool | None = None) -> str:
+    """One line for a log about a failed database call: never a row's values, never a password.
+
+    ``OperationalError (psycopg.OperationalError): connection failed: connection to server at
+    "127.0.0.1", port 5433 failed: Connection refused ... [postgresql+psycopg://app:***@127.0.0.1:5433/shop]``
+
+    The type and the database's code always; the driver's message for connection errors only
+    (:func:`is_connection_error`), with credentials masked; ``url`` (the engine's), shown with its
+    password hidden, says which database was meant. ``message=True`` gives the message of any
+    error, for a statement that carried no row data (a look at the table's layout).
+    """
+    orig: Any = getattr(exc, "orig", None)
+    kinds = [type(orig).__module__.split(".")[0] + "." + type(orig).__name__] if orig is not None else []
+    code = database_code(exc)
+    if code is not None:
+        kinds.append(f"code {code}")
+    line = type(exc).__name__ + (f" ({', '.join(kinds)})" if kinds else "")
+    if message if message is not None else is_connection_error(exc):
+        message = str(orig if orig is not None else exc)
+        line += ": " + " ".join(mask_credentials(message, url).split())  # one line: libpq's hints come on new lines
+    if url is not None:
+        line += f" [{_url(url).render_as_string(hide_password=True)}]"
+    return line
+
+
+def advice(exc: BaseException, url: sa.URL | str | None = None) -> str | None:
+    """What to do about a connection error, when its code or message says; None when it does not."""
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    where = _url(url) if url is not None else None
+    message = str(exc.orig)
+    code = database_code(exc)
+    database = where.database if where is not None else None
+    if isinstance(exc.orig, sqlite3.OperationalError) and "unable to open database file" in message:
+        return f"SQLite cannot open {database!r}: does its directory exist, and may this process write there?"
+    if "timeout expired" in message or "timed out" in message:
+        return "the server did not answer in time: is the host right, and is a firewall dropping the packets?"
+    if "Connection refused" in message or code == 2003 or "could not translate host name" in message:
+        server = f"{where.host}:{where.port}" if where is not None and where.host else "the server"
+        return f"nothing answers at {server}: is the database server running there, and is the host and port right?"
+    if code == 1049 or re.search(r"database \"[^\"]*\" does not exist", message):
+        return f"the database {database!r} does not exist: create it, or fix the database name in the URL"
+    if code == 1045 or "password authentication failed" in message or re.search(r"role \"[^\"]*\" does not", message):
+        return "the server refused the user name or password: fix them in the URL"
+    return None
+
+
+def _url(url: sa.URL | str) -> sa.URL:
+    return url if isinstance(url, sa.URL) else sa.make_url(url)

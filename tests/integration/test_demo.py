@@ -147,9 +147,23 @@ def test_printed_cli_commands_read_the_demo_rows(demo: tuple[str, Path, int], tm
     assert "/healthz" not in {row["path"] for row in rows}
 
 
-def test_printed_serve_command_keeps_the_app_serving(demo: tuple[str, Path, int], tmp_path: Path) -> None:
+def test_printed_check_command_finds_the_demo_storage_in_order(demo: tuple[str, Path, int], tmp_path: Path) -> None:
+    output, db, _ = demo
+    assert "rows missing? check that the database answers" in output
+    result = run_printed(command_with(output, "usage check"), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok       connected to sqlite:///{db} (sqlite " in result.stdout
+    assert "ok       table 'flask_usage' has every column" in result.stdout
+    assert result.stdout.endswith("everything checked is in order\n")
+
+
+@pytest.mark.parametrize("shell", ["interactive", "ignoring-sigint"])
+def test_printed_serve_command_keeps_the_app_serving(demo: tuple[str, Path, int], tmp_path: Path, shell: str) -> None:
     output, _, _ = demo
     serve = command_with(output, "--serve")
+    if shell == "ignoring-sigint":
+        # A shell's background job (`cmd &`) or a runner that ignores SIGINT passes that on: Ctrl-C must still stop it.
+        serve = f"trap '' INT; {serve}"
     scrape = command_with(output, "curl")
     with running(serve, tmp_path, signal.SIGINT) as (process, log):
         wait_until(lambda: "until Ctrl-C" in log.read_text(), timeout=120, what="the demo's tour to end")

@@ -44,3 +44,9 @@ def test_table_names_with_quotes_and_percent_signs_are_written_and_upgraded(db_u
     finally:
         drop_table(storage.engine, name)
         storage.engine.dispose()
+
+
+@pytest.mark.parametrize("reader", ["get_usage", "read_usage", "explain_usage"])
+def test_a_misspelt_filter_is_a_type_error_naming_it_in_every_reader(storage: SQLStorage, reader: str) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'routee'"):
+        getattr(storage, reader)(routee="/items/<int:item_id>")
