@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := sql,postgres,mysql,otel,geoip,dev,docs
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format services bench soak docs docs-serve dist clean ftu-venv
+.PHONY: demo test unit floors integration lint format services bench soak docs docs-serve dist clean ftu-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The newest releases in .venv, then the unit suite on the lowest declared versions (floors).
 test: $(STAMP) services lint
 	$(BIN)/pytest -m "not slow" -q
+	$(PYTHON) tools/floors.py
+
+# The unit suite in .venv-floors, every dependency at the floor pyproject.toml declares.
+floors:
+	$(PYTHON) tools/floors.py
 
 unit: $(STAMP)
 	$(BIN)/pytest -m "not integration and not slow" -q
@@ -65,4 +71,4 @@ dist: $(STAMP)
 	$(BIN)/twine check --strict dist/*
 
 clean:
-	rm -rf $(VENV) .venv-ftu .pytest_cache .ruff_cache site dist build
+	rm -rf $(VENV) .venv-ftu .venv-floors .pytest_cache .ruff_cache site dist build
