@@ -136,7 +136,7 @@ class RequestState:
         captured = self.captured
         if captured is None:
             captured = capture(self)
-        return build_record(captured, self.context)
+        return build_record(self.context, captured)
 
 
 def capture(state: RequestState) -> CapturedRequest:

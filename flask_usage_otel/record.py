@@ -175,13 +175,30 @@ class CapturedRequest(NamedTuple):
     protocol: str | None
 
 
-def build_record(captured: CapturedRequest, context: RecordContext) -> UsageRecord:
+def build_record(context: RecordContext, captured: CapturedRequest) -> UsageRecord:
     """The record of a captured request, decoded, anonymised and redacted.
 
     Runs wherever the record is first needed: on the background writer's thread for queued
     requests, so decoding, anonymisation and GeoIP lookups cost the request nothing.
     """
     (
+        timestamp,
+        speed,
+        method,
+        route,
+        endpoint,
+        blueprint,
+        status,
+        response_size,
+        username,
+        track_var,
+        view_args,
+        exception,
+        trace_id,
+        span_id,
+        authorization,
+        secrets,
+        _size,
         scheme,
         http_host,
         server_name,
@@ -195,7 +212,7 @@ def build_record(captured: CapturedRequest, context: RecordContext) -> UsageReco
         user_agent,
         accept_language,
         protocol,
-    ) = captured[_ENVIRON_START:]
+    ) = captured
     if not "".join(filter(None, captured[_ENVIRON_START:])).isascii():
         # The client's text, decoded from WSGI's latin-1 as the UTF-8 it sent (only when one is not ASCII).
         http_host, script_name, path_info, query_string, xforwardedfor, user_agent, accept_language = map(
@@ -213,39 +230,39 @@ def build_record(captured: CapturedRequest, context: RecordContext) -> UsageReco
         query_string = context.redactor.query(query_string)
     # As werkzeug's Request.path: decoded, exactly one leading slash.
     path = "/" + (path_info or "").lstrip("/")
-    view_args = captured.view_args or {}
-    if captured.secrets:  # before the url and every export derive from them
-        path, view_args = _without_secrets(captured.secrets, path, view_args)
+    view_args = view_args or {}
+    if secrets:  # before the url and every export derive from them
+        path, view_args = _without_secrets(secrets, path, view_args)
     return _new_record(
         UsageRecord,
         (
-            captured.timestamp,
-            captured.speed,
-            captured.method,
+            timestamp,
+            speed,
+            method,
             scheme,
             http_host or _server_host(scheme, server_name, server_port),
             script_name or "",
             path,
             query_string,
-            captured.route,
-            captured.endpoint,
-            captured.blueprint,
+            route,
+            endpoint,
+            blueprint,
             view_args,
-            captured.status,
+            status,
             _content_length(content_length),
-            captured.response_size,
+            response_size,
             remote_addr,
             xforwardedfor,
             user_agent,
             accept_language,
-            captured.authorization,
-            captured.username,
+            authorization,
+            username,
             context.server_name,
             protocol or "",
-            captured.track_var or {},
-            captured.exception,
-            captured.trace_id,
-            captured.span_id,
+            track_var or {},
+            exception,
+            trace_id,
+            span_id,
             ip_info,
         ),
     )

@@ -92,7 +92,7 @@ class QueueingSink(Sink):
             flush_interval=settings.flush_interval,
             linger=settings.batch_linger,
             observer=observer,
-            prepare=partial(build_record, context=context),
+            prepare=partial(build_record, context),  # positional: partial calls it without a keyword dict
             size_of=_captured_size,
             **writer_options,
         )

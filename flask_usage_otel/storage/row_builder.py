@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from operator import itemgetter
+from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..columns import BY_NAME, COLUMN_LIMITS, JSON_COLUMNS, PLAIN_COLUMNS, RECORD_FIELD_NAMES, TEXT_COLUMNS
@@ -118,17 +118,17 @@ class RowBuilder:
             plain_text = joined.isascii() and "\x00" not in joined
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             plain_text = False
-        if plain_text:
-            texts = tuple(
-                text if text is None or len(text) <= width else text[:width]
-                for text, width in zip(texts, self._text_widths)  # noqa: B905 - built together, equal lengths
-            )
-        else:
+        if not plain_text:
             texts = tuple(map(clean_text, texts, self._text_widths))
-        documents = tuple(
-            None if value is None else "{}" if value == {} else json_text(value, width)
-            for value, width in zip(self._json(record), self._json_widths)  # noqa: B905 - as above
-        )
+        # Every value within its width, checked in C (str(None) is "None", shorter than any width).
+        elif any(map(gt, map(len, map(str, texts)), self._text_widths)):
+            texts = tuple(map(_cut, texts, self._text_widths))
+        documents = self._json(record)
+        # Most requests' ip_info, track_var and view_args are None or {}: no encoder call.
+        if any(documents) or not all(map(_EMPTY_DOCUMENTS.__contains__, map(type, documents))):
+            documents = tuple(map(_document, documents, self._json_widths))
+        else:
+            documents = tuple(map(_EMPTY_DOCUMENTS.__getitem__, map(type, documents)))
         values = self._plain(record)
         if self._conversions:
             converted = list(values)
@@ -136,6 +136,18 @@ class RowBuilder:
                 converted[index] = convert(converted[index])
             values = tuple(converted)
         return texts + documents + values
+
+
+_EMPTY_DOCUMENTS: dict[type, str | None] = {type(None): None, dict: "{}"}
+"""What an empty JSON value of each of these types is written as."""
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    return text if text is None or len(text) <= width else text[:width]
+
+
+def _document(value: Any, width: int) -> str | None:
+    return None if value is None else "{}" if value == {} else json_text(value, width)
 
 
 def _conversion(column: str, processors: Mapping[str, Callable[[Any], Any]], datetime_text: bool) -> Any:

@@ -57,7 +57,7 @@ class SyncStorageSink(Sink):
         if captured is None:  # a value of the request could not be made plain: its record alone is lost
             self._observer.dropped("unserialisable", 1)
             return
-        if self.storage.store([build_record(captured, self._context)]):  # a row the storage lost on its own
+        if self.storage.store([build_record(self._context, captured)]):  # a row the storage lost on its own
             self._observer.dropped("storage_error", 1)
         else:
             self._observer.written(1)
