@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import columns as column_defs
-from ..record import FIELD_INDEX, values_of_record
+from ..record import FIELD_INDEX, UNMATCHED_ROUTE, values_of_record
 from ..useragent import LONGEST_NAME, parse_user_agent
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
@@ -129,6 +129,11 @@ class RowBuilder:
             f"(None if (x := {_expression(c)}) is None else '{{}}' if x == {{}} else json_text(x, {widths[c]}))"
             for c in json_columns
         ]
+        if "view_args" in json_columns and "route" not in present:
+            # A Flask-Track-Usage table not yet upgraded: it stored request.view_args, JSON null when no
+            # URL rule matched, and without a route column only this tells those rows (404, 405) apart.
+            at = len(text) + json_columns.index("view_args")
+            out[at] = f"('null' if {_field('route')} == {UNMATCHED_ROUTE!r} else {out[at]})"
         for column in plain:
             value = (
                 f"timestamp_text({_field('timestamp')})"
