@@ -14,7 +14,6 @@ from flask import Blueprint, Flask
 from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import ConfigError, TrackUsage
-from flask_usage_otel.ftu_names import LegacyNameWarning
 from flask_usage_otel.storage.sql import SQLStorage
 from tests.conftest import ListStorage, Requests, build_app
 
@@ -23,7 +22,7 @@ T = TypeVar("T")
 
 def _legacy(name: str, use: Callable[[], T]) -> T:
     """``use()``, which must warn that ``name`` is a Flask-Track-Usage private name."""
-    with pytest.warns(LegacyNameWarning, match=name):
+    with pytest.warns(DeprecationWarning, match=name):
         return use()
 
 
@@ -40,9 +39,9 @@ def test_include_and_exclude_views_are_ftus_sets_of_view_functions() -> None:
     app = _app("include")
     storage = ListStorage()
     track = TrackUsage(app, storage, registry=CollectorRegistry())
-    with pytest.warns(LegacyNameWarning, match="_include_views"):
+    with pytest.warns(DeprecationWarning, match="_include_views"):
         assert len(track._include_views) == 0
-    with pytest.warns(LegacyNameWarning, match="_exclude_views"):
+    with pytest.warns(DeprecationWarning, match="_exclude_views"):
         assert len(track._exclude_views) == 0
     track.include_blueprint("api")
     track.exclude(app.view_functions["index"])
@@ -73,9 +72,9 @@ def test_changing_type_after_set_up_takes_effect_as_in_ftu() -> None:
     client.get("/")
     assert [r.path for r in storage.records] == ["/"]
     # A mode FTU did not accept fails where it is set, with FTU's exception type too.
-    with pytest.warns(LegacyNameWarning), pytest.raises(NotImplementedError, match="INCLUDE_OR_EXCLUDE_VIEWS"):
+    with pytest.warns(DeprecationWarning), pytest.raises(NotImplementedError, match="INCLUDE_OR_EXCLUDE_VIEWS"):
         track._type = ""
-    with pytest.raises(ConfigError, match="INCLUDE_OR_EXCLUDE_VIEWS"), pytest.warns(LegacyNameWarning):
+    with pytest.raises(ConfigError, match="INCLUDE_OR_EXCLUDE_VIEWS"), pytest.warns(DeprecationWarning):
         track._type = "both"
     client.get("/")
     assert len(storage.records) == 2
@@ -138,7 +137,7 @@ def test_fake_time_fixes_the_time_of_stored_rows(tmp_path: Path) -> None:
     app = _app()
     registry = CollectorRegistry()
     fixed = datetime(2018, 4, 15, 9, 45, 12)
-    with pytest.warns(LegacyNameWarning, match="_fake_time"):
+    with pytest.warns(DeprecationWarning, match="_fake_time"):
         TrackUsage(app, storage, registry=registry, _fake_time=fixed)
     app.test_client().get("/")
     app.test_client().get("/items/2")
