@@ -72,9 +72,10 @@ def test_changing_type_after_set_up_takes_effect_as_in_ftu() -> None:
     client.get("/")
     assert [r.path for r in storage.records] == ["/"]
     # A mode FTU did not accept fails where it is set, with FTU's exception type too.
-    with pytest.warns(DeprecationWarning), pytest.raises(NotImplementedError, match="INCLUDE_OR_EXCLUDE_VIEWS"):
+    mode_key = "INCLUDE_OR_EXCLUDE_VIEWS"
+    with pytest.warns(DeprecationWarning, match="_type"), pytest.raises(NotImplementedError, match=mode_key):
         track._type = ""
-    with pytest.raises(ConfigError, match="INCLUDE_OR_EXCLUDE_VIEWS"), pytest.warns(DeprecationWarning):
+    with pytest.raises(ConfigError, match=mode_key), pytest.warns(DeprecationWarning, match="_type"):
         track._type = "both"
     client.get("/")
     assert len(storage.records) == 2
