@@ -117,10 +117,15 @@ class Settings:
 Parser = Callable[[str, Any], Any]
 
 
-def _choice(*allowed: str) -> Parser:
+class ViewsModeError(ConfigError, NotImplementedError):
+    """``TRACK_USAGE_INCLUDE_OR_EXCLUDE_VIEWS`` is neither ``include`` nor ``exclude``; also the
+    ``NotImplementedError`` Flask-Track-Usage raised for it, so code that caught that keeps working."""
+
+
+def _choice(*allowed: str, error: type[ConfigError] = ConfigError) -> Parser:
     def parse(key: str, value: Any) -> str:
         if not isinstance(value, str) or value.lower() not in allowed:
-            raise ConfigError(key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise error(key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value.lower()
 
     return parse
@@ -285,7 +290,7 @@ def _view_args(key: str, value: Any) -> tuple[str, ...]:
 
 
 _KEYS: dict[str, tuple[str, Parser]] = {
-    "INCLUDE_OR_EXCLUDE_VIEWS": ("include_or_exclude_views", _choice("include", "exclude")),
+    "INCLUDE_OR_EXCLUDE_VIEWS": ("include_or_exclude_views", _choice("include", "exclude", error=ViewsModeError)),
     "EXCLUDE_PATHS": ("exclude_paths", _exclude_paths),
     "METRICS_PREFIX": ("metrics_prefix", _metrics_prefix),
     "BUCKETS": ("buckets", _buckets),

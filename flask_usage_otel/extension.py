@@ -6,20 +6,24 @@ How a request is tracked from the environ to the close of its body is ``lifecycl
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Blueprint, Flask, current_app, has_app_context
+from flask import Blueprint, Flask, current_app, got_request_exception, has_app_context
 
 from .config import ConfigError, Settings, load_settings
 from .filters import RequestFilter
 from .flushing import flush_sinks
+from .ftu_names import METRICS_ENDPOINT, FakeTimeStorage, LegacyTrackUsageNames, warn_legacy_name
 from .lifecycle import RequestTracker
 from .privacy import Anonymizer, QueryRedactor
 from .prometheus import MetricsView, PrometheusSink, metrics_for, multiprocess_dir
+from .prometheus.exposition import MetricsMount
 from .record import RecordContext
 from .sinks import Sink
 from .storage.compat import adapt_storages
@@ -27,17 +31,16 @@ from .storage.compat import adapt_storages
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from .storage.base import UsageStorage as Storage  # renamed after the FTU work lands
+    from .storage.base import UsageStorage
 
 logger = logging.getLogger("flask_usage_otel")
 
 EXTENSION_KEY = "track_usage"
-METRICS_ENDPOINT = "track_usage_metrics"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class TrackUsage:
+class TrackUsage(LegacyTrackUsageNames):
     """Track every request of a Flask app into Prometheus, OpenTelemetry and SQL storage.
 
     :param app: the app to track now; or call :meth:`init_app` later (app factories).
@@ -54,13 +57,17 @@ class TrackUsage:
     def __init__(
         self,
         app: Flask | None = None,
-        storage: Storage | Sequence[Storage] | None = None,
+        storage: UsageStorage | Sequence[UsageStorage] | None = None,
         *,
         registry: CollectorRegistry | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
         logger_provider: Any = None,
+        _fake_time: datetime | None = None,
     ) -> None:
+        if _fake_time is not None:
+            warn_legacy_name("TrackUsage(_fake_time=...)", "a test that reads the time the rows hold")
+        self._fake_time = _fake_time
         self._storage = storage
         self._registry = registry
         self._tracer_provider = tracer_provider
@@ -69,28 +76,39 @@ class TrackUsage:
         self._filter = RequestFilter()
         self._trackers: weakref.WeakKeyDictionary[Flask, RequestTracker] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._mounts: weakref.WeakKeyDictionary[Flask, MetricsMount] = weakref.WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, storage: Storage | Sequence[Storage] | None = None) -> None:
+    def init_app(self, app: Flask, storage: UsageStorage | Sequence[UsageStorage] | None = None) -> None:
         """Validate the app's ``TRACK_USAGE_*`` settings and install the request hooks.
+
+        Called again for an app this object already tracks, it sets the app up anew (with
+        this storage and the app's settings as they are now): Flask-Track-Usage's order,
+        ``t = TrackUsage(app)`` then ``t.init_app(app, storage)``, works.
 
         :param app: the Flask app.
         :param storage: storage for this app, overriding the constructor's.
         :raises ConfigError: a setting is invalid (the message names the key).
-        :raises RuntimeError: the app already has a ``TrackUsage``.
+        :raises RuntimeError: another ``TrackUsage`` tracks the app.
         """
-        if EXTENSION_KEY in app.extensions:
+        registered = app.extensions.get(EXTENSION_KEY)
+        if registered is not None and registered is not self:
             raise RuntimeError(
                 "A TrackUsage is already registered on this app; call init_app once per app "
                 "(one TrackUsage object may serve several apps)."
             )
         settings = load_settings(app.config)
-        # Every check that can refuse the app runs before anything is registered on it.
-        serve_metrics = settings.metrics_path is not None and settings.prometheus
-        if serve_metrics and settings.metrics_path in {r.rule for r in app.url_map.iter_rules()}:
-            raise ConfigError("TRACK_USAGE_METRICS_PATH", f"{settings.metrics_path!r} is already a route of the app")
+        # Every check that can refuse the app runs before anything is registered on it (or an
+        # earlier set-up of it is taken down).
         storages = adapt_storages(_as_list(storage if storage is not None else self._storage))
+        for storage_object in storages:
+            check_settings = getattr(storage_object, "check_settings", None)
+            if check_settings is not None:
+                check_settings(settings)
+        previous = self._trackers.get(app) if registered is self else None
+        if previous is not None:
+            self._check_replaceable(app, previous)
         multiprocess = multiprocess_dir() is not None
         registry = self._registry
         if registry is None:
@@ -125,28 +143,56 @@ class TrackUsage:
         if storages:
             from .storage.sink import storage_sink
 
-            sinks.extend(storage_sink(s, settings, metrics, context) for s in storages)
+            fake_time = self._fake_time
+            sinks.extend(
+                storage_sink(s if fake_time is None else FakeTimeStorage(s, fake_time), settings, metrics, context)
+                for s in storages
+            )
         if settings.otel_logs:
             from .otel.logs import create_log_sink
 
             sinks.append(create_log_sink(settings, context, self._logger_provider, metrics))
 
         tracker = RequestTracker(settings, self._filter, sinks, storages, metrics, context)
+        if previous is not None:
+            self._take_down(app, previous)
         with self._lock:
             self._trackers[app] = tracker
         app.extensions[EXTENSION_KEY] = self
 
         tracker.install(app)
 
-        if serve_metrics:
+        if settings.metrics_path is not None and settings.prometheus:
             self._filter.never_track(METRICS_ENDPOINT)
-            app.add_url_rule(
-                settings.metrics_path,
-                endpoint=METRICS_ENDPOINT,
-                view_func=MetricsView(registry, settings.metrics_auth, multiprocess),
-                methods=["GET"],
-            )
+            view = MetricsView(registry, settings.metrics_auth, multiprocess)
+            # Added at the app's first request, when the app has no route there by then (see MetricsMount).
+            self._mounts[app] = MetricsMount(app, settings.metrics_path, METRICS_ENDPOINT, view)
         atexit.register(_shutdown_sinks, weakref.ref(tracker))
+
+    def _check_replaceable(self, app: Flask, tracker: RequestTracker) -> None:
+        """Refuse a new set-up that could not take the earlier one out of ``app.wsgi_app``."""
+        mount = self._mounts.get(app)
+        below = mount.inner if mount is not None and mount.is_top(app) else app.wsgi_app
+        if below != tracker.wsgi_app:
+            raise RuntimeError(
+                "app.wsgi_app was wrapped after TrackUsage(app) (by middleware such as ProxyFix), so this "
+                "TrackUsage cannot set the app up anew: call init_app(app, storage) before wrapping app.wsgi_app"
+            )
+
+    def _take_down(self, app: Flask, tracker: RequestTracker) -> None:
+        """Undo what ``init_app`` installed for ``tracker`` (checked by ``_check_replaceable``)."""
+        mount = self._mounts.pop(app, None)
+        if mount is not None:
+            mount.cancel(app)
+        app.wsgi_app = tracker._inner  # type: ignore[method-assign]
+        for hooks, hook in (
+            (app.url_value_preprocessors, tracker.url_value_preprocessor),
+            (app.after_request_funcs, tracker.after_request),
+        ):
+            with contextlib.suppress(ValueError):
+                hooks.get(None, []).remove(hook)  # type: ignore[arg-type]
+        got_request_exception.disconnect(tracker.on_exception, app)
+        _shutdown_sinks(weakref.ref(tracker))
 
     # -- include / exclude ------------------------------------------------------------
 
@@ -184,7 +230,7 @@ class TrackUsage:
     # -- storage ----------------------------------------------------------------------
 
     def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Rows from the current app's first storage; arguments as ``Storage.get_usage``.
+        """Rows from the current app's first storage; arguments as ``UsageStorage.get_usage``.
 
         With ``SQLStorage`` these are in Flask-Track-Usage's form; :meth:`read_usage` gives decoded rows.
         """
@@ -232,7 +278,7 @@ class TrackUsage:
         options: dict[str, Any] = {} if anonymizer is None else {"anonymizer": anonymizer}
         return sum(s.forget(username=username, remote_addr=remote_addr, **options) for s in storages)  # type: ignore[attr-defined]
 
-    def storages(self) -> list[Storage]:
+    def storages(self) -> list[UsageStorage]:
         """The storages of the current app (inside an app context, or the only app)."""
         return list(self._tracker().storages)
 
@@ -262,7 +308,7 @@ def _record_context(app: Flask, settings: Settings) -> RecordContext:
     return RecordContext(app.name, anonymizer, geoip, redactor)
 
 
-def _as_list(storage: Storage | Sequence[Storage] | None) -> list[Storage]:
+def _as_list(storage: UsageStorage | Sequence[UsageStorage] | None) -> list[UsageStorage]:
     if storage is None:
         return []
     if isinstance(storage, list | tuple):

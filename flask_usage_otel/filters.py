@@ -45,6 +45,14 @@ class RequestFilter:
         else:
             self._blueprint_objects[blueprint] = tracked
 
+    def forget_view(self, view: ViewTarget) -> None:
+        """Drop a view's own include/exclude rule (its blueprint's and the mode apply again)."""
+        self._views.pop(_view_key(view), None)
+
+    def views_set(self, tracked: bool) -> list[Any]:
+        """The view functions (and view classes) given to ``set_view`` with ``tracked``; names left out."""
+        return [key for key, value in self._views.items() if value is tracked and not isinstance(key, str)]
+
     def never_track(self, endpoint: str) -> None:
         self._never.add(endpoint)
 

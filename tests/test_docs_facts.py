@@ -89,10 +89,12 @@ INLINE_CALL = re.compile(r"`(" + "|".join(re.escape(n) for n in SIGNATURES) + r"
 
 
 def rendered(function: Callable[..., Any]) -> list[str]:
-    """``function``'s parameters as a page writes them: ``name=default``, ``*`` before the keyword-only."""
+    """``function``'s parameters as a page writes them: ``name=default``, ``*`` before the keyword-only.
+
+    Private ones (``_fake_time``, kept for Flask-Track-Usage's tests) are not part of what a page states."""
     items: list[str] = []
     for parameter in inspect.signature(function).parameters.values():
-        if parameter.name == "self":
+        if parameter.name == "self" or parameter.name.startswith("_"):
             continue
         if parameter.kind is parameter.KEYWORD_ONLY and "*" not in items:
             items.append("*")

@@ -327,6 +327,38 @@ def test_one_extension_serves_several_apps() -> None:
     assert Requests(registry).count() == 3
 
 
+def test_trackusage_app_then_init_app_with_storage_as_in_ftu() -> None:
+    """Flask-Track-Usage's order: ``TrackUsage(app)`` (which did nothing there) then ``init_app(app, storage)``."""
+    registry = CollectorRegistry()
+    app = build_app({"TRACK_USAGE_SYNC_WRITES": True})
+    track = TrackUsage(app, registry=registry)
+    storage = ListStorage()
+    track.init_app(app, storage)
+    client = app.test_client()
+    assert client.get("/items/3").status_code == 200
+    # The first set-up is gone: one record, counted once, hooks and wrapper installed once.
+    assert [r.path for r in storage.records] == ["/items/3"]
+    assert Requests(registry).count() == 1
+    assert len(app.url_value_preprocessors[None]) == 1
+    assert len(app.after_request_funcs[None]) == 1
+    with app.app_context():
+        assert [row["path"] for row in track.get_usage()] == ["/items/3"]
+    assert b"flask_usage_requests_total" in client.get("/metrics").data
+
+
+def test_init_app_again_after_middleware_wrapped_the_app_is_refused_and_changes_nothing() -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    registry = CollectorRegistry()
+    app = build_app({"TRACK_USAGE_SYNC_WRITES": True})
+    track = TrackUsage(app, registry=registry)
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="wrapped after TrackUsage"):
+        track.init_app(app, ListStorage())
+    app.test_client().get("/")
+    assert Requests(registry).count() == 1
+
+
 def test_list_of_storages_all_receive_the_record() -> None:
     first, second = ListStorage(), ListStorage()
     app = build_app({"TRACK_USAGE_SYNC_WRITES": True})

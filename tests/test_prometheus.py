@@ -131,6 +131,48 @@ def test_metrics_path_is_configurable_or_off() -> None:
     assert "track_usage_metrics" not in app.view_functions
 
 
+def _owned_metrics_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "has its own view at '/metrics'" in r.getMessage()]
+
+
+@pytest.mark.parametrize("when", ["before TrackUsage", "after TrackUsage", "in a blueprint after TrackUsage"])
+def test_the_apps_own_metrics_view_is_kept(when: str, caplog: pytest.LogCaptureFixture) -> None:
+    from flask import Blueprint
+
+    registry = CollectorRegistry()
+    app = build_app({"TRACK_USAGE_SYNC_WRITES": True})
+
+    def own_metrics() -> str:
+        return "the app's own metrics"
+
+    if when == "before TrackUsage":
+        app.add_url_rule("/metrics", "own_metrics", own_metrics)
+    TrackUsage(app, registry=registry)
+    if when == "after TrackUsage":
+        app.add_url_rule("/metrics", "own_metrics", own_metrics)
+    elif when == "in a blueprint after TrackUsage":
+        ops = Blueprint("ops", __name__)
+        ops.add_url_rule("/metrics", "own_metrics", own_metrics)
+        app.register_blueprint(ops)
+    client = app.test_client()
+    for _ in range(2):
+        response = client.get("/metrics")
+        assert response.get_data(as_text=True) == "the app's own metrics"
+    # The app's view is an ordinary view: tracked like the others.
+    assert Requests(registry).count(route="/metrics", status="200") == 2
+    [warning] = _owned_metrics_warnings(caplog)  # once, saying how to serve ours elsewhere
+    assert "TRACK_USAGE_METRICS_PATH" in warning
+
+
+def test_metrics_served_elsewhere_when_the_app_owns_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    app, _ = _tracked(TRACK_USAGE_METRICS_PATH="/usage/metrics")
+    app.add_url_rule("/metrics", "own_metrics", lambda: "mine")
+    client = app.test_client()
+    assert client.get("/metrics").get_data() == b"mine"
+    assert b"flask_usage_requests_total" in client.get("/usage/metrics").data
+    assert not _owned_metrics_warnings(caplog)
+
+
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 

@@ -1,4 +1,4 @@
-"""The ``/metrics`` view: encoding a registry for a scrape, and the scrape's authorisation."""
+"""The ``/metrics`` view: encoding a registry for a scrape, the scrape's authorisation, and adding the route."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import base64
 import binascii
 import hmac
 import logging
+import threading
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 from prometheus_client import CollectorRegistry
@@ -15,6 +18,9 @@ from prometheus_client import exposition as text_exposition
 
 from ..config import MetricsAuth
 from .multiprocess import LockedMultiProcessCollector
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 logger = logging.getLogger("flask_usage_otel.prometheus")
 
@@ -53,6 +59,80 @@ class MetricsView:
         response = Response(body, content_type=content_type)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+
+class MetricsMount:
+    """Adds the metrics route to an app at its first request, unless the app has a route on that path then.
+
+    A library never takes over a route the app owns, including one the app adds after
+    ``init_app``; Flask accepts routes until the app's first request, so the route is added
+    at that last moment: this object sits above ``app.wsgi_app`` until then, and takes
+    itself out after (it stays as a pass-through only if something wrapped over it meanwhile).
+    An app that owns the path keeps it, and a warning says how to serve the metrics elsewhere.
+    """
+
+    def __init__(self, app: Flask, path: str, endpoint: str, view: Callable[[], Response]) -> None:
+        self.path = path
+        self.endpoint = endpoint
+        self.view = view
+        self.inner: Callable[..., Any] = app.wsgi_app
+        self._app_ref = weakref.ref(app)
+        self._lock = threading.Lock()
+        self._pending = False
+        if endpoint in app.view_functions:  # ours, from an earlier set-up of this app: the new view serves it
+            app.view_functions[endpoint] = view
+        elif not _leave_to_app(app, path, endpoint):
+            self._pending = True
+            app.wsgi_app = self  # type: ignore[method-assign]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if self._pending:
+            self._mount()
+        return self.inner(environ, start_response)
+
+    def is_top(self, app: Flask) -> bool:
+        """Whether this object is ``app.wsgi_app`` itself (nothing wrapped over it)."""
+        return app.__dict__.get("wsgi_app") is self
+
+    def cancel(self, app: Flask) -> None:
+        """Add nothing after all (a new set-up of the app replaces this one), and step out when on top."""
+        with self._lock:
+            self._pending = False
+            if self.is_top(app):
+                app.wsgi_app = self.inner  # type: ignore[method-assign]
+
+    def _mount(self) -> None:
+        with self._lock:
+            app = self._app_ref()
+            if not self._pending or app is None:
+                return
+            self._pending = False
+            if not _leave_to_app(app, self.path, self.endpoint):
+                try:
+                    app.add_url_rule(self.path, endpoint=self.endpoint, view_func=self.view, methods=["GET"])
+                except AssertionError:  # Flask refuses new routes once the app has served a request
+                    logger.warning(
+                        "flask-usage-otel cannot add its metrics route %r: the app served requests before "
+                        "init_app; call init_app before the app serves any",
+                        self.path,
+                    )
+            if self.is_top(app):
+                app.wsgi_app = self.inner  # type: ignore[method-assign]
+
+
+def _leave_to_app(app: Flask, path: str, endpoint: str) -> bool:
+    """Whether the app has its own route on ``path`` (either slash spelling); logs once per set-up if so."""
+    bare = path.rstrip("/")
+    owned = sorted({r.endpoint for r in app.url_map.iter_rules() if r.rule.rstrip("/") == bare} - {endpoint})
+    if owned:
+        logger.warning(
+            "the app has its own view at %r (endpoint %s): flask-usage-otel leaves it alone and does not "
+            "serve its metrics; set TRACK_USAGE_METRICS_PATH to a free path (such as '/usage/metrics') to "
+            "serve them there, or to None to silence this",
+            path,
+            ", ".join(owned),
+        )
+    return bool(owned)
 
 
 def _challenge(auth: MetricsAuth) -> str:

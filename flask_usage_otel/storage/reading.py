@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..columns import COLUMNS, USER_AGENT_COLUMNS, Kind
+from ..ftu_names import warn_legacy_name
 from .base import SUMMARY_BY, SUMMARY_PERIODS
 from .legacy_rows import legacy_usage_dict
 from .queries import as_utc, aware, check_positive_int, filter_values, json_value, naive_utc, period_expression
@@ -77,6 +78,33 @@ class UsageReading:
         dialect = self.engine.dialect.name
         with self.engine.connect() as conn:
             return [legacy_usage_dict(row._mapping, dialect) for row in conn.execute(query)]
+
+    def _get_usage(
+        self,
+        start_date: datetime | date | None = None,
+        end_date: datetime | date | None = None,
+        limit: int = 500,
+        page: int = 1,
+    ) -> list[dict[str, Any]]:
+        """Flask-Track-Usage's ``SQLStorage._get_usage``, which its ``get_usage`` called: :meth:`get_usage`
+        (deprecated)."""
+        warn_legacy_name("SQLStorage._get_usage", "SQLStorage.get_usage (or read_usage, decoded)")
+        return self.get_usage(start_date, end_date, limit, page)
+
+    def _get_raw(
+        self,
+        start_date: datetime | date | None = None,
+        end_date: datetime | date | None = None,
+        limit: int = 500,
+        page: int = 1,
+    ) -> list[sa.Row[Any]]:
+        """Flask-Track-Usage's ``SQLStorage._get_raw`` (deprecated): the rows as the database holds them,
+        newest first, each a tuple of the table's columns in their order (``row[1]`` is ``url``, ``row[15]``
+        ``datetime``, as there); the range and pages as :meth:`get_usage`."""
+        warn_legacy_name("SQLStorage._get_raw", "SQLStorage.read_usage")
+        query = self._usage_query(start_date, end_date, limit, page, {})
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).all())
 
     def read_usage(
         self,

@@ -27,6 +27,7 @@ from operator import gt, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..columns import BY_NAME, COLUMN_LIMITS, JSON_COLUMNS, PLAIN_COLUMNS, RECORD_FIELD_NAMES, TEXT_COLUMNS
+from ..record import UNMATCHED_ROUTE
 from ..useragent import parse_user_agent
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
@@ -100,6 +101,11 @@ class RowBuilder:
         self._text_widths = tuple(widths[c] for c in (*copied_text, *derived))
         self._json = _getter([_field_index(BY_NAME[c].record_field) for c in json_columns])  # type: ignore[arg-type]
         self._json_widths = tuple(widths[c] for c in json_columns)
+        # A Flask-Track-Usage table not yet upgraded stored request.view_args: JSON null when no URL rule
+        # matched, and without a route column only that tells those rows (404, 405) apart.
+        self._null_view_args_at: int | None = None
+        if "view_args" in json_columns and "route" not in present:
+            self._null_view_args_at = json_columns.index("view_args")
         self._plain = _getter([_field_index(BY_NAME[c].record_field) for c in plain])  # type: ignore[arg-type]
         conversions = [(i, _conversion(c, processors or {}, datetime_text)) for i, c in enumerate(plain)]
         self._conversions = tuple((i, convert) for i, convert in conversions if convert is not None)
@@ -129,6 +135,9 @@ class RowBuilder:
             documents = tuple(map(_document, documents, self._json_widths))
         else:
             documents = tuple(map(_EMPTY_DOCUMENTS.__getitem__, map(type, documents)))
+        if self._null_view_args_at is not None and record.route == UNMATCHED_ROUTE:
+            at = self._null_view_args_at
+            documents = (*documents[:at], "null", *documents[at + 1 :])
         values = self._plain(record)
         if self._conversions:
             converted = list(values)

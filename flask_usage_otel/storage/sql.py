@@ -29,6 +29,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..columns import COLUMN_WIDTHS, LEGACY_COLUMNS
+from ..config import ConfigError
+from ..ftu_names import warn_legacy_name
 from . import sql_errors
 from .deadline import WriteTimeout, watchdog
 from .engine import make_engine, register_engine
@@ -42,6 +44,7 @@ from .table import DROPPED_INDEXES, INDEXED_FILTERS, TableState, reflect, upgrad
 if TYPE_CHECKING:
     from flask import Flask
 
+    from ..config import Settings
     from ..record import UsageRecord
 
 __all__ = [
@@ -129,7 +132,6 @@ class SQLStorage(UsageReading, UsageErasure):
         self.write_timeout = write_timeout
         self._engine: sa.Engine | None = engine
         if engine is not None:
-            _refuse_private_memory_database(engine)
             register_engine(engine)
         if conn_str is not None:
             self._engine = make_engine(
@@ -372,16 +374,32 @@ class SQLStorage(UsageReading, UsageErasure):
         self._inserter_for = (state, inserter)
         return inserter
 
+    # -- set-up checks and Flask-Track-Usage's private names --------------------------------
+
+    def check_settings(self, settings: Settings) -> None:
+        """Refuse, at ``init_app``, an engine these settings cannot write through (the key is named)."""
+        if not settings.sync_writes and self._engine is not None:
+            _refuse_private_memory_database(self._engine)
+
+    @property
+    def _eng(self) -> sa.Engine:
+        """Flask-Track-Usage's name for :attr:`engine` (deprecated)."""
+        warn_legacy_name("SQLStorage._eng", "SQLStorage.engine")
+        return self.engine
+
 
 # -- engine ---------------------------------------------------------------------------------
 
 
 def _refuse_private_memory_database(engine: sa.Engine) -> None:
-    """An in-memory SQLite engine whose pool gives each thread its own database loses every row."""
+    """An in-memory SQLite engine whose pool gives each thread its own database loses every row
+    written from the writer thread; with every write on the request thread (as in Flask-Track-Usage), it works."""
     url = engine.url
     memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
     if memory and (isinstance(engine.pool, SingletonThreadPool) or not isinstance(engine.pool, StaticPool)):
-        raise ValueError(
-            "an in-memory SQLite engine gives each thread a database of its own, so the writer's rows "
-            "would never be seen: pass SQLStorage('sqlite://') (one shared connection) or use a file"
+        raise ConfigError(
+            "TRACK_USAGE_SYNC_WRITES",
+            "SQLStorage's in-memory SQLite engine gives each thread a database of its own, so the writer "
+            "thread's rows would never be seen: set TRACK_USAGE_SYNC_WRITES = True (every row written on "
+            "the request thread), pass SQLStorage('sqlite://') (one shared connection) or use a file",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import uuid
@@ -63,26 +64,32 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         url = f"sqlite:///{tmp_path / 'usage.db'}"
         yield Database("sqlite", url, url, [])
         return
+    with server_namespace(request.param) as url:
+        yield Database(request.param, url, url.replace("+psycopg", ""), [])
+
+
+@contextlib.contextmanager
+def server_namespace(server: str) -> Iterator[str]:
+    """A PostgreSQL schema or a MariaDB database made for the block and dropped after it; its URL
+    (searching that schema first on PostgreSQL)."""
     import sqlalchemy as sa
 
     namespace = f"ftu_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgresql":
+    if server == "postgresql":
         require_server("postgresql", 5432)
         admin = sa.create_engine(POSTGRES_URL)
         create, drop = f"CREATE SCHEMA {namespace}", f"DROP SCHEMA IF EXISTS {namespace} CASCADE"
         url = f"{POSTGRES_URL}?options=-csearch_path%3D{namespace}"
-        db = Database("postgresql", url, url.replace("+psycopg", ""), [])
     else:
         require_server("mariadb", 3306)
         admin = sa.create_engine(MARIADB_URL)
         create = f"CREATE DATABASE {namespace} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
         drop = f"DROP DATABASE IF EXISTS {namespace}"
         url = MARIADB_URL.rsplit("/", 1)[0] + "/" + namespace
-        db = Database("mariadb", url, url, [])
     with admin.begin() as conn:
         conn.execute(sa.text(create))
     try:
-        yield db
+        yield url
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(drop))

@@ -1,4 +1,4 @@
-"""The reference interpreter: a virtualenv with real Flask-Track-Usage 2.0.0 (``.venv-ftu/``).
+"""The reference interpreter: a virtualenv with real Flask-Track-Usage 2.0.0 (``.venv-ftu/``), and its sdist.
 
 Flask-Track-Usage 2.0 cannot be imported next to this package (it needs Flask 2.2, Werkzeug
 2.2, SQLAlchemy 1.4 and ``six``), so the comparison tests run it in its own interpreter. The
@@ -6,6 +6,10 @@ virtualenv is made once from ``requirements-ftu.txt`` and reused while that file
 unchanged; a lock keeps parallel test runs from building it twice.
 
 Run as a script (``make ftu-venv``) to create it ahead of the tests.
+
+The sdist (``ftu_sdist``) carries Flask-Track-Usage's own test suite, which ``ftu_suite.py``
+runs against this package; it is downloaded from the package index into ``build/ftu-sdist/``
+and checked against its known digest.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("FTU_VENV", ROOT / ".venv-ftu"))
 REQUIREMENTS = Path(__file__).with_name("requirements-ftu.txt")
 INSTALL_TIMEOUT = 600
+SDIST_DIR = ROOT / "build" / "ftu-sdist"
+SDIST_NAME = "Flask-Track-Usage-2.0.0.tar.gz"
+SDIST_SHA256 = "798b6c08bd84748e8aeb772fac2a4b07e70cc33313f1b10318f19f658ae3e641"
 
 
 def ftu_python() -> Path:
@@ -54,6 +61,45 @@ def ftu_python() -> Path:
     return python
 
 
+def ftu_sdist() -> Path:
+    """Flask-Track-Usage 2.0.0's source distribution from the package index, downloaded once."""
+    sdist = SDIST_DIR / SDIST_NAME
+    if not _digest_matches(sdist):
+        SDIST_DIR.mkdir(parents=True, exist_ok=True)
+        with open(SDIST_DIR / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _digest_matches(sdist):
+                sdist.unlink(missing_ok=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "download",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                        "--no-deps",
+                        "--no-binary",
+                        ":all:",
+                        "flask-track-usage==2.0.0",
+                        "-d",
+                        str(SDIST_DIR),
+                    ],
+                    check=True,
+                    timeout=INSTALL_TIMEOUT,
+                )
+                if not _digest_matches(sdist):
+                    raise RuntimeError(f"{sdist} is not the Flask-Track-Usage 2.0.0 sdist (sha256 differs)")
+    return sdist
+
+
+def _digest_matches(path: Path) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == SDIST_SHA256
+    except OSError:
+        return False
+
+
 def _stamp(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -63,4 +109,5 @@ def _stamp(path: Path) -> str | None:
 
 if __name__ == "__main__":
     print(ftu_python())
+    print(ftu_sdist())
     sys.exit(0)

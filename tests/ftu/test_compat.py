@@ -218,7 +218,7 @@ def test_ftu_readme_app_runs_with_its_imports_renamed(tmp_path: Path) -> None:
 
 
 def test_legacy_setting_warning_is_shown_at_the_users_line(tmp_path: Path) -> None:
-    # A DeprecationWarning raised outside __main__ is hidden by Python's default filters;
+    # A warning of the deprecation category would be hidden outside __main__ by Python's default filters;
     # this one must reach the user, pointing at their own file and line.
     (tmp_path / "myapp.py").write_text(
         "from flask import Flask\n"

@@ -198,3 +198,27 @@ def test_a_running_app_sees_an_upgrade_made_elsewhere(ftu: Path, database: Datab
     assert running.read_usage()[0]["route"] == "/long/<path:rest>"
     running.engine.dispose()
     elsewhere.engine.dispose()
+
+
+def test_unmatched_requests_in_ftus_table_hold_null_view_args_as_ftu_wrote(ftu: Path, database: Database) -> None:
+    """A 404 or 405 matched no URL rule: FTU stored ``json.dumps(None)``, and a table without our ``route``
+    column can tell those rows from a view without arguments only by that."""
+    reference = database.table()
+    run_ftu(ftu, "fill", database, reference)
+    table = database.table()
+    run_ftu(ftu, "create", database, table)
+    storage = _storage(database, table)
+    scenario.run(our_app(storage), scenario.REQUESTS)
+    assert storage.missing_columns(), "still Flask-Track-Usage's table"
+
+    def view_args(rows: list[dict[str, Any]]) -> dict[tuple[str, int], Any]:
+        return {(row["path"], row["status"]): row["view_args"] for row in rows}
+
+    unmatched = [("/missing", 404), ("/items/8", 405)]
+    ftu_rows = view_args([scenario.decode(row) for row in run_ftu(ftu, "read", database, reference)])
+    ftu_reads_ours = view_args([scenario.decode(row) for row in run_ftu(ftu, "read", database, table)])
+    ours = view_args(storage.get_usage(limit=1000))
+    for key in unmatched:
+        assert ours[key] == ftu_reads_ours[key] == ftu_rows[key] == "null", key
+    assert ours[("/", 200)] is None  # a matched view without arguments
+    storage.engine.dispose()
