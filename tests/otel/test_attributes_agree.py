@@ -65,6 +65,8 @@ def signals() -> tuple[Flask, TrackUsage, InMemorySpanExporter, InMemoryMetricRe
             "TRACK_USAGE_OTEL_METRICS": True,
             "TRACK_USAGE_OTEL_LOGS": True,
             "TRACK_USAGE_ANONYMIZE_IP": "truncate",
+            "TRACK_USAGE_CAPTURE_USER": lambda: "u-7",
+            "TRACK_USAGE_OTEL_CAPTURE_USER": True,
             "TRACK_USAGE_FLUSH_INTERVAL": 0.05,
         }
     )
@@ -175,6 +177,7 @@ def test_spans_metrics_and_log_records_agree(signals) -> None:
     assert (by_path["/items/4"]["url.query"], by_path["/items/4"]["server.port"]) == ("q=x", 9443)
     assert (by_path["/items/5"]["server.address"], by_path["/items/5"]["server.port"]) == ("::1", 5000)
     assert by_path["/items/12"]["http.request.method"] == "GET"
+    assert by_path["/items/12"]["enduser.id"] == "u-7"
     assert (by_path["/items/13"]["http.request.method"], by_path["/items/13"]["http.request.method_original"]) == (
         "_OTHER",
         "PURGE",
