@@ -93,8 +93,8 @@ def split_host(
 ) -> tuple[str | None, int | None]:
     """``server.address`` and ``server.port`` from the Host header, else the WSGI server's name and port."""
     if not host:
-        port = server_port
-        return server_name or None, int(port) if port and port.isdigit() else None
+        port = int(server_port) if server_port and server_port.isdigit() else None
+        return server_name or None, port
     if host.startswith("["):  # [IPv6]:port
         address, _, rest = host[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
