@@ -1,16 +1,17 @@
-"""OpenTelemetry: the per-request server span and OTel HTTP metrics (``sink.py``), their
-attribute values (``attributes.py``), raw rows as log records (``logs.py``) and the SDK
-set-up (``setup.py``).
+"""OpenTelemetry: the per-request server span and OTel HTTP metrics (``sink.py``), the
+attributes of spans, metrics and log records (``attributes.py``, named by
+``opentelemetry.semconv``), raw rows as log records (``logs.py``) and the SDK set-up (``setup.py``).
 
 Importing this package never loads ``opentelemetry``: that is imported when a sink or
 provider is created, so an app without the ``otel`` extra never needs it. The names below
-stay importable from ``flask_usage_otel.otel``.
+stay importable from ``flask_usage_otel.otel`` (``OtelSink`` and ``NETWORK_PROTOCOL_VERSIONS``
+are loaded on first use).
 """
 
 from __future__ import annotations
 
-from .attributes import NETWORK_PROTOCOL_VERSIONS
-from .logs import EVENT_NAME, build_logger_provider
+from typing import TYPE_CHECKING
+
 from .setup import (
     INSTRUMENTATION_NAME,
     OpenTelemetryNotConfiguredWarning,
@@ -20,7 +21,11 @@ from .setup import (
     create_otel_sink,
     otel_metrics_enabled,
 )
-from .sink import OtelSink
+
+if TYPE_CHECKING:
+    from .attributes import NETWORK_PROTOCOL_VERSIONS
+    from .logs import EVENT_NAME, build_logger_provider
+    from .sink import OtelSink
 
 __all__ = [
     "EVENT_NAME",
@@ -35,3 +40,20 @@ __all__ = [
     "create_otel_sink",
     "otel_metrics_enabled",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The sink and its attribute builder import opentelemetry's semantic conventions: only when asked for.
+    if name == "OtelSink":
+        from .sink import OtelSink
+
+        return OtelSink
+    if name == "NETWORK_PROTOCOL_VERSIONS":
+        from .attributes import NETWORK_PROTOCOL_VERSIONS
+
+        return NETWORK_PROTOCOL_VERSIONS
+    if name in ("EVENT_NAME", "build_logger_provider"):
+        from . import logs
+
+        return getattr(logs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,22 +26,16 @@ when the sink is created.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import time
 import weakref
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.urls import iri_to_uri
-
 from ..config import ConfigError
-from ..record import STANDARD_METHODS, UsageRecord
-from ..request_text import first_language
+from ..record import UsageRecord
 from ..sinks import QueueingSink
 from ..writer import Observer
-from .attributes import split_host
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -62,75 +56,20 @@ SDK_QUEUE_SIZE = 2048
 
 _SETTING = "TRACK_USAGE_OTEL_LOGS"
 
-# Accept-Language values repeat: parse each distinct one once (as the SQL row builder does).
-_language = lru_cache(maxsize=1024)(first_language)
-
-
 # --- the record as attributes -----------------------------------------------------------
 
 
 def log_attributes(record: UsageRecord) -> dict[str, Any]:
-    """The record's fields as log record attributes (OTel semantic convention names where they exist).
+    """The record's fields as log record attributes: the span's HTTP attributes (same names from
+    ``opentelemetry.semconv``, same values), plus ``flask_usage.*`` for fields no convention names.
 
     Mappings (``view_args``, ``track_var``, ``ip_info``) are JSON text, as in the SQL table,
     so every attribute is a scalar a column store can keep in a string map.
     """
-    method = record.method
-    attributes: dict[str, Any] = {
-        "http.request.method": method if method in STANDARD_METHODS else "_OTHER",
-        "url.scheme": record.scheme,
-        "url.path": record.script_root + record.path,
-        # OTel wants an RFC 3986 URI; record.url is request.url, an IRI (FTU stored that).
-        "url.full": iri_to_uri(record.url),
-        "http.response.status_code": record.status,
-        "flask_usage.route": record.route,
-        "flask_usage.speed": record.speed,
-        "flask_usage.server_name": record.server_name,
-        "flask_usage.authorization": record.authorization,
-    }
-    if method not in STANDARD_METHODS:
-        attributes["http.request.method_original"] = method
-    if record.endpoint is not None:
-        attributes["http.route"] = record.route
-        attributes["flask.endpoint"] = record.endpoint
-    if record.blueprint is not None:
-        attributes["flask.blueprint"] = record.blueprint
-    if record.query_string:
-        attributes["url.query"] = record.query_string
-    address, port = split_host(record.host, record.scheme, {})  # the record keeps no WSGI server name
-    if address:
-        attributes["server.address"] = address
-    if port is not None:
-        attributes["server.port"] = port
-    version = record.protocol.partition("/")[2]
-    if version:
-        attributes["network.protocol.version"] = version
-    error_type = record.exception or (str(record.status) if record.status >= 500 else None)
-    if error_type is not None:
-        attributes["error.type"] = error_type
-    optional = {
-        "client.address": record.remote_addr,
-        "flask_usage.xforwardedfor": record.xforwardedfor,
-        "user_agent.original": record.user_agent,
-        "http.request.body.size": record.content_length,
-        "http.response.body.size": record.response_size,
-        "enduser.id": record.username,
-        "flask_usage.language": _language(record.accept_language),
-    }
-    attributes.update((k, v) for k, v in optional.items() if v is not None)
-    if record.user_agent:
-        ua = record.ua
-        for key, value in (
-            ("user_agent.name", ua.browser),
-            ("user_agent.version", ua.version),
-            ("user_agent.os.name", ua.platform),
-        ):
-            if value:
-                attributes[key] = value
-    for key, value in (("view_args", record.view_args), ("track_var", record.track_var), ("ip_info", record.ip_info)):
-        if value:
-            attributes[f"flask_usage.{key}"] = json.dumps(value, default=str)
-    return attributes
+    # Imported here: the builder loads opentelemetry's semantic conventions, this module only the standard library.
+    from .attributes import record_attributes
+
+    return record_attributes(record)
 
 
 # --- the pipeline -----------------------------------------------------------------------

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..config import ConfigError, Settings
-from .sink import OtelSink
 
 if TYPE_CHECKING:
     from flask import Flask
+
+    from .sink import OtelSink
 
 INSTRUMENTATION_NAME = "flask_usage_otel"
 
@@ -93,6 +94,8 @@ def create_otel_sink(
                     "flask_usage_otel.configure_opentelemetry(metrics=True), or pass TrackUsage(meter_provider=...)."
                 )
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+
+    from .sink import OtelSink  # imports opentelemetry's semantic conventions: only now that they are needed
 
     return OtelSink(
         tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__),

@@ -1,7 +1,8 @@
 """The OTel sink: one SERVER span per tracked request, and optional OTel HTTP metrics.
 
-Importing this module never loads ``opentelemetry``: that is imported when a sink is
-created, so an app without the ``otel`` extra never needs it.
+Its attribute names and values come from ``attributes.py``, which imports
+``opentelemetry.semconv``: this module is imported when a sink is created, never by
+``import flask_usage_otel.otel``, so an app without the ``otel`` extra never needs it.
 
 A request's span is found in one of three ways, decided per request with one dict
 lookup and one context read:
@@ -25,18 +26,25 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from flask import after_this_request, has_request_context
+from opentelemetry.semconv._incubating.metrics.http_metrics import HTTP_SERVER_ACTIVE_REQUESTS
+from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
 
 from ..capture import RequestState
 from ..config import DEFAULT_BUCKETS
 from ..privacy import redact_secrets
-from ..record import OTHER
 from ..sinks import Sink
 from .attributes import (
+    ENDUSER_ID,
+    ERROR_TYPE,
+    HTTP_RESPONSE_STATUS_CODE,
     EndpointSpan,
+    active_attributes,
+    add_request_attributes,
     connection_attributes,
+    duration_attributes,
     endpoint_span,
     environ_key,
-    protocol_version,
+    error_type,
     scrub_foreign,
     url_scheme,
 )
@@ -129,13 +137,13 @@ class OtelSink(Sink):
         self._active_attributes: dict[tuple[str, str], dict[str, str]] = {}
         if meter is not None:
             self._duration = meter.create_histogram(
-                "http.server.request.duration",
+                HTTP_SERVER_REQUEST_DURATION,
                 unit="s",
                 description="Duration of HTTP server requests.",
                 explicit_bucket_boundaries_advisory=duration_buckets,
             )
             self._active = meter.create_up_down_counter(
-                "http.server.active_requests", unit="{request}", description="Number of active HTTP server requests."
+                HTTP_SERVER_ACTIVE_REQUESTS, unit="{request}", description="Number of active HTTP server requests."
             )
 
     # -- steps ------------------------------------------------------------------------
@@ -144,7 +152,7 @@ class OtelSink(Sink):
         environ = state.request.environ
         if self._active is not None:
             # First, so that finish's decrement always has its increment.
-            self._active.add(1, self._active_attrs(state.method_label, url_scheme(environ)))
+            self._active.add(1, self._active_attrs(state.method_label, url_scheme(environ.get("wsgi.url_scheme"))))
         if _INSTRUMENTOR_MARK in environ:
             self._defer(state)
             return
@@ -172,8 +180,10 @@ class OtelSink(Sink):
 
     def finish(self, state: RequestState) -> None:
         span = state.span
+        status = state.status or 500
+        error = error_type(state.exception, status)
         if self._duration is not None:
-            self._record_metrics(state, span)
+            self._record_metrics(state, span, status, error)
         if span is None:
             return
         borrowed = type(span) is _Borrowed
@@ -182,19 +192,17 @@ class OtelSink(Sink):
         if state.error is not None:
             span.record_exception(state.error)
         if span.is_recording():
-            status = state.status or 500
-            error_type = state.exception or (str(status) if status >= 500 else None)
             user = state.username if self._capture_user else None
-            if error_type is None and user is None:
+            if error is None and user is None:
                 # The usual case: one value, and the SDK's single-value setter is half the
                 # cost of set_attributes (no mapping to clean and copy).
-                span.set_attribute("http.response.status_code", status)
+                span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
             else:
-                attributes: dict[str, Any] = {"http.response.status_code": status}
-                if error_type is not None:
-                    attributes["error.type"] = error_type
+                attributes: dict[str, Any] = {HTTP_RESPONSE_STATUS_CODE: status}
+                if error is not None:
+                    attributes[ERROR_TYPE] = error
                 if user is not None:
-                    attributes["enduser.id"] = user
+                    attributes[ENDUSER_ID] = user
                 span.set_attributes(attributes)
             if status >= 500:
                 span.set_status(self._error)
@@ -262,11 +270,11 @@ class OtelSink(Sink):
         info = self._shape(state, environ)
         attributes = self._request_attributes(state, info, environ)
         status = response.status_code
-        attributes["http.response.status_code"] = status
+        attributes[HTTP_RESPONSE_STATUS_CODE] = status
         if status >= 500:
             # Flask builds the 500 for an unhandled exception inside its ``except`` block.
             raised = sys.exc_info()[0]
-            attributes["error.type"] = raised.__name__ if raised is not None else str(status)
+            attributes[ERROR_TYPE] = error_type(raised.__name__ if raised is not None else None, status)
             span.set_status(self._error)
         scrub_foreign(state, span, environ, attributes)
         span.update_name(info.name)
@@ -313,7 +321,14 @@ class OtelSink(Sink):
         shape = self._shapes.get(key)
         if shape is None:
             info = self._endpoint(state)
-            shape = EndpointSpan(info.name, {**info.attributes, **connection_attributes(host, environ)})
+            connection = connection_attributes(
+                host,
+                environ.get("wsgi.url_scheme"),
+                environ.get("SERVER_PROTOCOL"),
+                environ.get("SERVER_NAME"),
+                environ.get("SERVER_PORT"),
+            )
+            shape = EndpointSpan(info.name, {**info.attributes, **connection})
             if not host:
                 return shape  # the address came from SERVER_NAME and SERVER_PORT, which the key lacks
             if len(self._shapes) >= _SHAPE_CACHE_LIMIT:
@@ -323,57 +338,43 @@ class OtelSink(Sink):
 
     def _request_attributes(self, state: RequestState, shape: EndpointSpan, environ: dict[str, Any]) -> dict[str, Any]:
         """The shape's attributes and the request's own: path, query, client, user agent."""
-        attributes = shape.attributes.copy()
         req = state.request
         path = req.path
         root = req.root_path
         url_path = root + path if root else path
         if state.secrets:
             url_path = redact_secrets(url_path, state.secrets)
-        attributes["url.path"] = url_path
+        context = state.context
         query = environ.get("QUERY_STRING")
-        if query:
-            redactor = state.context.redactor
-            attributes["url.query"] = redactor.query(query) if redactor is not None else query
-        if state.method_label == OTHER:
-            attributes["http.request.method_original"] = state.method
+        if query and context.redactor is not None:
+            query = context.redactor.query(query)
         client = environ.get("REMOTE_ADDR")
-        if client:
-            anonymizer = state.context.anonymizer
-            if anonymizer is not None:
-                client = anonymizer.address(client)
-            if client:
-                attributes["client.address"] = client
-        agent = environ.get("HTTP_USER_AGENT")
-        if agent:
-            attributes["user_agent.original"] = agent
-        return attributes
+        if client and context.anonymizer is not None:
+            client = context.anonymizer.address(client)
+        return add_request_attributes(
+            shape.attributes.copy(),
+            state.method,
+            state.method_label,
+            url_path,
+            query,
+            client,
+            environ.get("HTTP_USER_AGENT"),
+        )
 
     def _active_attrs(self, method_label: str, scheme: str) -> dict[str, str]:
         key = (method_label, scheme)
         attributes = self._active_attributes.get(key)
         if attributes is None:
-            attributes = self._active_attributes[key] = {"http.request.method": method_label, "url.scheme": scheme}
+            attributes = self._active_attributes[key] = active_attributes(method_label, scheme)
         return attributes
 
-    def _record_metrics(self, state: RequestState, span: Any) -> None:
+    def _record_metrics(self, state: RequestState, span: Any, status: int, error: str | None) -> None:
         environ = state.request.environ
-        scheme = url_scheme(environ)
-        status = state.status or 500
-        self._active.add(-1, self._active_attrs(state.method_label, scheme))
-        attributes: dict[str, Any] = {
-            "http.request.method": state.method_label,
-            "url.scheme": scheme,
-            "http.response.status_code": status,
-        }
-        if state.endpoint is not None:
-            attributes["http.route"] = state.route
-        error_type = state.exception or (str(status) if status >= 500 else None)
-        if error_type is not None:
-            attributes["error.type"] = error_type
-        protocol = protocol_version(environ.get("SERVER_PROTOCOL"))
-        if protocol is not None:
-            attributes["network.protocol.version"] = protocol
+        scheme = url_scheme(environ.get("wsgi.url_scheme"))
+        label = state.method_label
+        self._active.add(-1, self._active_attrs(label, scheme))
+        route = state.route if state.endpoint is not None else None
+        attributes = duration_attributes(label, route, scheme, status, error, environ.get("SERVER_PROTOCOL"))
         context = None
         if state.sampled and span is not None:
             # The span is no longer current here: pass it, so the measurement can carry an exemplar.
