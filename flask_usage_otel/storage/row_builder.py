@@ -107,6 +107,10 @@ class RowBuilder:
         if "view_args" in json_columns and "route" not in present:
             self._null_view_args_at = json_columns.index("view_args")
         self._plain = _getter([_field_index(BY_NAME[c].record_field) for c in plain])  # type: ignore[arg-type]
+        # Integer columns: a value out of the column's range (a hostile Content-Length) becomes NULL.
+        self._ranges = tuple(
+            (i, -COLUMN_LIMITS[c] - 1, COLUMN_LIMITS[c]) for i, c in enumerate(plain) if c in COLUMN_LIMITS
+        )
         conversions = [(i, _conversion(c, processors or {}, datetime_text)) for i, c in enumerate(plain)]
         self._conversions = tuple((i, convert) for i, convert in conversions if convert is not None)
 
@@ -132,15 +136,24 @@ class RowBuilder:
         documents = self._json(record)
         # Most requests' ip_info, track_var and view_args are None or {}: no encoder call.
         if any(documents) or not all(map(_EMPTY_DOCUMENTS.__contains__, map(type, documents))):
-            documents = tuple(map(_document, documents, self._json_widths))
+            documents = tuple(
+                [
+                    None if value is None else "{}" if value == {} else json_text(value, width)
+                    for value, width in zip(documents, self._json_widths)  # noqa: B905 - built together
+                ]
+            )
         else:
             documents = tuple(map(_EMPTY_DOCUMENTS.__getitem__, map(type, documents)))
         if self._null_view_args_at is not None and record.route == UNMATCHED_ROUTE:
             at = self._null_view_args_at
             documents = (*documents[:at], "null", *documents[at + 1 :])
         values = self._plain(record)
-        if self._conversions:
+        if self._conversions or self._ranges:
             converted = list(values)
+            for index, low, high in self._ranges:
+                value = converted[index]
+                if value is not None and not low <= value <= high:
+                    converted[index] = None
             for index, convert in self._conversions:
                 converted[index] = convert(converted[index])
             values = tuple(converted)
@@ -155,10 +168,6 @@ def _cut(text: str | None, width: int) -> str | None:
     return text if text is None or len(text) <= width else text[:width]
 
 
-def _document(value: Any, width: int) -> str | None:
-    return None if value is None else "{}" if value == {} else json_text(value, width)
-
-
 def _conversion(column: str, processors: Mapping[str, Callable[[Any], Any]], datetime_text: bool) -> Any:
     """What turns a plain column's record value into its parameter; None when it goes as it is."""
     steps: list[Callable[[Any], Any]] = []
@@ -166,9 +175,6 @@ def _conversion(column: str, processors: Mapping[str, Callable[[Any], Any]], dat
         # Naive UTC, as Flask-Track-Usage stored it. EPOCH + timedelta gives the same value as
         # datetime.fromtimestamp(ts, timezone.utc).replace(tzinfo=None) (both round half to even) in half the time.
         steps.append(timestamp_text if datetime_text else _naive_utc)
-    limit = COLUMN_LIMITS.get(column)
-    if limit is not None:  # a hostile Content-Length must not fail the INSERT: out of range becomes NULL
-        steps.append(_in_range(limit))
     process = processors.get(column)
     if process is not None and not (column == "datetime" and datetime_text):
         steps.append(process)
@@ -187,15 +193,6 @@ def _apply(steps: list[Callable[[Any], Any]], value: Any) -> Any:
 
 def _naive_utc(timestamp: float) -> Any:
     return EPOCH + timedelta(seconds=timestamp)
-
-
-def _in_range(limit: int) -> Callable[[Any], Any]:
-    low = -limit - 1
-
-    def in_range(value: Any) -> Any:
-        return value if value is None or low <= value <= limit else None
-
-    return in_range
 
 
 _SECONDS: dict[int, str] = {}
