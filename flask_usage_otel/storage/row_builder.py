@@ -23,16 +23,34 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from operator import gt, itemgetter
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from ..columns import BY_NAME, COLUMN_LIMITS, JSON_COLUMNS, PLAIN_COLUMNS, RECORD_FIELD_NAMES, TEXT_COLUMNS
+from ..columns import (
+    BY_NAME,
+    COLUMN_LIMITS,
+    COLUMN_WIDTHS,
+    JSON_COLUMNS,
+    PLAIN_COLUMNS,
+    RECORD_FIELD_NAMES,
+    TEXT_COLUMNS,
+)
 from ..record import UNMATCHED_ROUTE
-from ..useragent import parse_user_agent
+from ..useragent import LONGEST_NAME, parse_user_agent
+from .current_row import CURRENT_ROW_COLUMNS, current_row
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
     from ..record import UsageRecord
+
+# Text columns whose values can never be longer than this: a width at least as wide needs no check.
+_LONGEST: dict[str, int] = {
+    "ua_browser": LONGEST_NAME,  # names from useragent's fixed lists
+    "ua_platform": LONGEST_NAME,
+    "ua_language": 35,  # first_language refuses longer tags
+    "trace_id": 32,  # hex, as formatted by the OTel sink
+    "span_id": 16,
+}
 
 DERIVED_TEXT: tuple[str, ...] = ("url", "ua_browser", "ua_platform", "ua_version", "ua_language")
 """Text columns computed from the record rather than copied from one of its fields (:func:`derived_text`)."""
@@ -99,6 +117,18 @@ class RowBuilder:
             pick = _getter([DERIVED_TEXT.index(c) for c in derived])
             self._derived = derived_text if derived == list(DERIVED_TEXT) else lambda r: pick(derived_text(r))
         self._text_widths = tuple(widths[c] for c in (*copied_text, *derived))
+        # The columns a value could be too long for, narrowest first: a row whose longest value
+        # fits a column's width needs no look at that column or any wider one.
+        self._by_width = tuple(
+            sorted(
+                (
+                    (i, w)
+                    for i, (c, w) in enumerate(zip((*copied_text, *derived), self._text_widths, strict=True))
+                    if _LONGEST.get(c, w + 1) > w
+                ),
+                key=lambda item: item[1],
+            )
+        )
         self._json = _getter([_field_index(BY_NAME[c].record_field) for c in json_columns])  # type: ignore[arg-type]
         self._json_widths = tuple(widths[c] for c in json_columns)
         # A Flask-Track-Usage table not yet upgraded stored request.view_args: JSON null when no URL rule
@@ -114,12 +144,38 @@ class RowBuilder:
         conversions = [(i, _conversion(c, processors or {}, datetime_text)) for i, c in enumerate(plain)]
         self._conversions = tuple((i, convert) for i, convert in conversions if convert is not None)
 
+        # A table with this release's layout (every table it creates) gets the row written out column
+        # by column; any other (an old table, narrower widths, a driver's own conversions) the loops below.
+        self._current: tuple[Callable[[float], Any], Callable[[Any], Any] | None] | None = None
+        processors = dict(processors or {})
+        if (
+            self.columns == CURRENT_ROW_COLUMNS
+            and all(widths[c] == COLUMN_WIDTHS[c] for c in (*copied_text, *derived, *json_columns))
+            and set(processors) <= {"authorization", "datetime"}
+        ):
+            datetime_process = processors.get("datetime")
+            if datetime_text:
+                make_timestamp: Callable[[float], Any] = timestamp_text
+            elif datetime_process is None:
+                make_timestamp = _naive_utc
+            else:
+                make_timestamp = lambda seconds: datetime_process(_naive_utc(seconds))  # noqa: E731
+            self._current = (make_timestamp, processors.get("authorization"))
+
     def rows(self, records: Sequence[UsageRecord]) -> list[tuple[Any, ...]]:
         """One parameter tuple per record."""
-        return list(map(self.row, records))
+        if self._current is not None:
+            timestamp, authorization = self._current
+            return [current_row(record, timestamp, authorization) for record in records]
+        return list(map(self._general_row, records))
 
     def row(self, record: UsageRecord) -> tuple[Any, ...]:
         """The parameter tuple of one record."""
+        if self._current is not None:
+            return current_row(record, *self._current)
+        return self._general_row(record)
+
+    def _general_row(self, record: UsageRecord) -> tuple[Any, ...]:
         texts = self._copied_text(record)
         if self._derived is not None:
             texts += self._derived(record)
@@ -130,23 +186,21 @@ class RowBuilder:
             plain_text = False
         if not plain_text:
             texts = tuple(map(clean_text, texts, self._text_widths))
-        # Every value within its width, checked in C (str(None) is "None", shorter than any width).
-        elif any(map(gt, map(len, map(str, texts)), self._text_widths)):
-            texts = tuple(map(_cut, texts, self._text_widths))
-        documents = self._json(record)
-        # Most requests' ip_info, track_var and view_args are None or {}: no encoder call.
-        if any(documents) or not all(map(_EMPTY_DOCUMENTS.__contains__, map(type, documents))):
-            documents = tuple(
-                [
-                    None if value is None else "{}" if value == {} else json_text(value, width)
-                    for value, width in zip(documents, self._json_widths)  # noqa: B905 - built together
-                ]
-            )
-        else:
-            documents = tuple(map(_EMPTY_DOCUMENTS.__getitem__, map(type, documents)))
+        elif self._by_width:
+            longest = max(map(len, filter(None, texts)), default=0)
+            for index, width in self._by_width:
+                if width >= longest:
+                    break  # this column and every wider one hold the longest value
+                text = texts[index]
+                if text is not None and len(text) > width:
+                    texts = tuple(map(_cut, texts, self._text_widths))
+                    break
+        # Most requests' ip_info, track_var and view_args are None or {}: no encoder call for them.
+        documents = []
+        for value, width in zip(self._json(record), self._json_widths):  # noqa: B905 - built together
+            documents.append(None if value is None else "{}" if value == {} else json_text(value, width))
         if self._null_view_args_at is not None and record.route == UNMATCHED_ROUTE:
-            at = self._null_view_args_at
-            documents = (*documents[:at], "null", *documents[at + 1 :])
+            documents[self._null_view_args_at] = "null"
         values = self._plain(record)
         if self._conversions or self._ranges:
             converted = list(values)
@@ -157,11 +211,7 @@ class RowBuilder:
             for index, convert in self._conversions:
                 converted[index] = convert(converted[index])
             values = tuple(converted)
-        return texts + documents + values
-
-
-_EMPTY_DOCUMENTS: dict[type, str | None] = {type(None): None, dict: "{}"}
-"""What an empty JSON value of each of these types is written as."""
+        return (*texts, *documents, *values)
 
 
 def _cut(text: str | None, width: int) -> str | None:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from flask_usage_otel.columns import COLUMN_WIDTHS
+from flask_usage_otel.columns import COLUMN_WIDTHS, COLUMNS, Kind
+from flask_usage_otel.record import UsageRecord
+from flask_usage_otel.storage.current_row import CURRENT_ROW_COLUMNS
 from flask_usage_otel.storage.row_builder import RowBuilder, timestamp_text
 
 from .conftest import make_record
+from .test_hostile_rows import hostile_text
+from .test_hostile_rows import records as hostile_records
 
 EPOCH = datetime(1970, 1, 1)
 
@@ -74,3 +81,33 @@ def test_a_dialect_with_its_own_datetime_format_keeps_its_processor(tmp_path) ->
     inserter = Inserter(custom, names, COLUMN_WIDTHS, sa.create_engine("sqlite://").dialect)
     row = dict(zip(inserter.builder.columns, inserter.builder.row(make_record(timestamp=1_700_000_000.5)), strict=True))
     assert row["datetime"] == "2023/11/14 22:13"
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    record=hostile_records,
+    status=st.integers(-(2**40), 2**40),
+    method=hostile_text,
+    protocol=hostile_text,
+    username=st.none() | hostile_text | st.integers(),
+    datetime_text=st.booleans(),
+    bool_as_int=st.booleans(),
+)
+def test_the_current_layout_row_equals_the_general_one(
+    record: UsageRecord, status: int, method: str, protocol: str, username: Any, datetime_text: bool, bool_as_int: bool
+) -> None:
+    """Every table this release makes gets its rows written out column by column (current_row.py);
+    the general builder, which any other layout uses, must give exactly the same parameters."""
+    names = [c.name for c in COLUMNS if c.kind is not Kind.ID]
+    processors = {"authorization": {True: 1, False: 0}.get} if bool_as_int else {}
+    builder = RowBuilder(names, COLUMN_WIDTHS, processors, datetime_text=datetime_text)
+    assert builder._current is not None  # the written-out row is the one in use
+    assert builder.columns == CURRENT_ROW_COLUMNS
+    record = record._replace(status=status, method=method, protocol=protocol, username=username)
+    assert builder.row(record) == builder._general_row(record)
+
+
+def test_a_column_added_to_the_list_must_be_written_out_too() -> None:
+    assert sorted(CURRENT_ROW_COLUMNS) == sorted(c.name for c in COLUMNS if c.kind is not Kind.ID)
+    narrower = RowBuilder([c.name for c in COLUMNS if c.kind is not Kind.ID], {**COLUMN_WIDTHS, "path": 32})
+    assert narrower._current is None  # an old table's narrower widths go the general way
