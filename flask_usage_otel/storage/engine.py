@@ -35,9 +35,20 @@ _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def make_engine(
-    conn_str: str, options: dict[str, Any], *, connect_timeout: float | None, statement_timeout: float | None
+    conn_str: str,
+    options: dict[str, Any],
+    *,
+    connect_timeout: float | None,
+    statement_timeout: float | None,
+    abandon_after: float | None = None,
 ) -> sa.Engine:
     """An engine for ``conn_str`` with the deadlines above; ``options`` (``create_engine`` keywords) win.
+
+    ``abandon_after``: seconds after which the server itself gives up on a session that went silent
+    in the middle of a transaction (the writer gave up on it at its deadline; its locks, the batch
+    id's among them, must not outlive it): PostgreSQL's ``idle_in_transaction_session_timeout``,
+    MariaDB's session ``wait_timeout``. Lock waits end with the statement deadline
+    (``lock_timeout``, ``innodb_lock_wait_timeout``), so a retry never waits long behind one.
 
     :raises ValueError: the URL names a dialect or driver SQLAlchemy cannot load (``postgres://``,
         ``mysql://`` without mysqlclient): the message gives the URL to use instead.
@@ -62,14 +73,27 @@ def make_engine(
         connect_args.setdefault("keepalives_idle", 10)
         connect_args.setdefault("keepalives_interval", 5)
         connect_args.setdefault("keepalives_count", 3)
-        if statement_timeout and "options" not in connect_args and "options" not in url.query:
-            connect_args["options"] = f"-c statement_timeout={math.ceil(statement_timeout * 1000)}"
+        if "options" not in connect_args and "options" not in url.query:
+            settings = {"statement_timeout": statement_timeout, "lock_timeout": statement_timeout}
+            settings["idle_in_transaction_session_timeout"] = abandon_after
+            given = " ".join(f"-c {name}={math.ceil(s * 1000)}" for name, s in settings.items() if s)
+            if given:
+                connect_args["options"] = given
     elif backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
         if connect_timeout:
             connect_args.setdefault("connect_timeout", max(1, math.ceil(connect_timeout)))
         if statement_timeout:
             connect_args.setdefault("read_timeout", max(1, math.ceil(statement_timeout)))
             connect_args.setdefault("write_timeout", max(1, math.ceil(statement_timeout)))
+        session = []
+        if statement_timeout:
+            session.append(f"SESSION innodb_lock_wait_timeout = {max(1, math.ceil(statement_timeout))}")
+        if abandon_after:
+            # The server closes a connection silent this long, rolling its transaction back; the pool's
+            # ping at checkout replaces one closed while idle.
+            session.append(f"SESSION wait_timeout = {max(1, math.ceil(abandon_after))}")
+        if session:
+            connect_args.setdefault("init_command", "SET " + ", ".join(session))
     elif backend == "sqlite" and statement_timeout:
         connect_args.setdefault("timeout", statement_timeout)  # how long to wait for a lock
     try:

@@ -139,6 +139,7 @@ class SQLStorage(UsageReading, UsageErasure):
                 dict(engine_options or {}),
                 connect_timeout=connect_timeout,
                 statement_timeout=statement_timeout,
+                abandon_after=write_timeout,
             )
         self._db = db
         self._app: Flask | None = None

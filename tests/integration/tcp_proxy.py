@@ -13,7 +13,11 @@ and one-shot faults:
 - ``proxy.cut_after_commit()``: the next ``COMMIT`` a client sends reaches the server,
   which commits; its answer is thrown away and the connection reset, so the client
   cannot know the outcome;
-- ``proxy.reset_all()``: every open connection is reset (RST) at once.
+- ``proxy.reset_all()``: every open connection is reset (RST) at once;
+- ``proxy.silence_after(marker)``: the next client message containing ``marker`` reaches the
+  server; from then on that one connection is silent both ways, never closed nor reset (a peer
+  gone mid-transaction behind a stuck NAT): the server keeps the session and its locks until a
+  timeout of its own ends it. Other connections are not affected.
 
 Leaving the black hole resets the connections caught in it, as a recovering network
 path does to connections whose peers gave up.
@@ -38,6 +42,8 @@ class TcpProxy:
         self._pairs: list[_Pair] = []
         self._cut_armed = False
         self.cuts = 0
+        self._silence_marker: bytes | None = None
+        self.silenced = 0
         self.connections = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
@@ -64,11 +70,15 @@ class TcpProxy:
         with self._lock:
             self._cut_armed = True
 
+    def silence_after(self, marker: bytes) -> None:
+        with self._lock:
+            self._silence_marker = marker
+
     def reset_all(self) -> int:
         with self._lock:
             pairs = list(self._pairs)
         for pair in pairs:
-            pair.reset()
+            pair.reset(everything=True)
         return len(pairs)
 
     def close(self) -> None:
@@ -109,6 +119,14 @@ class TcpProxy:
                 self._pairs.append(pair)
             pair.start()
 
+    def _take_silence(self, data: bytes) -> bool:
+        with self._lock:
+            if self._silence_marker is not None and self._silence_marker in data:
+                self._silence_marker = None
+                self.silenced += 1
+                return True
+        return False
+
     def _take_cut(self, data: bytes) -> bool:
         with self._lock:
             if self._cut_armed and b"COMMIT" in data.upper():
@@ -132,7 +150,9 @@ class _Pair:
         self.server = server
         self.cut_pending = False
         self.blackholed = server is None
+        self.silent = False
         self._done = False
+        self._server_closed = False
 
     def start(self) -> None:
         threading.Thread(target=self._pump_up, daemon=True).start()
@@ -152,6 +172,10 @@ class _Pair:
                 if self.proxy._take_cut(data):
                     self.cut_pending = True
                 assert self.server is not None
+                if self.proxy._take_silence(data):
+                    # This reaches the server; nothing more goes either way, not its answer, not even
+                    # the client's giving up: the server's end stays open until the server ends it.
+                    self.blackholed = self.silent = True
                 self.server.sendall(data)
         except OSError:
             pass
@@ -173,16 +197,22 @@ class _Pair:
                 self.client.sendall(data)
         except OSError:
             pass
-        self.reset()
+        self.reset(everything=True)
 
-    def reset(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        _reset(self.client)
-        if self.server is not None:
-            _reset(self.server)
-        self.proxy._forget(self)
+    def reset(self, everything: bool = False) -> None:
+        """Reset both ends; a silenced connection's server end only with ``everything`` (the proxy closing,
+        or the server having ended it)."""
+        with self.proxy._lock:
+            client = not self._done
+            self._done = True
+            server = self.server is not None and not self._server_closed and (everything or not self.silent)
+            self._server_closed = self._server_closed or server
+        if client:
+            _reset(self.client)
+        if server:
+            _reset(self.server)  # type: ignore[arg-type]
+        if everything or not self.silent:
+            self.proxy._forget(self)
 
 
 def _reset(sock: socket.socket) -> None:

@@ -159,6 +159,30 @@ def test_a_silent_network_is_abandoned_at_the_deadline_and_retried(rig: Rig) -> 
     print(f"\nsilent network: attempt abandoned after {abandoned_after:.1f} s, {rig.writer.write_timeouts} timeouts")
 
 
+def test_a_session_silent_inside_its_transaction_does_not_stall_the_writer(rig: Rig) -> None:
+    """The batch id's INSERT reaches the server, then the connection goes silent (neither closed nor
+    reset): the server holds that session, in its transaction, with the id's lock. The retries must
+    not wait behind it for the server's TCP keepalive (hours): the server gives up on the abandoned
+    transaction within about the writer's deadline, and every row arrives once."""
+    assert rig.proxy is not None
+    rig.send(10)
+    assert rig.writer.flush(20)
+    rig.proxy.silence_after(rig.storage.batches.name.encode())
+    started = time.monotonic()
+    rig.send(40)
+    try:
+        wait_for(lambda: rig.proxy.silenced == 1, 10, "the batch id's INSERT to reach the server")
+        assert rig.writer.flush(30)
+        recovered_after = time.monotonic() - started
+    finally:
+        rig.proxy.reset_all()  # whatever happened, end the silent session: the clean-up needs its locks
+    paths = rig.assert_every_request_accounted_for()
+    assert len(paths) == 50
+    assert rig.writer.rows_dropped == 0
+    assert recovered_after < 20  # write_timeout is 2 s here; without server-side limits: 0 rows in 60 s
+    print(f"\nsilent session: every row written {recovered_after:.1f} s after, {rig.writer.write_errors} failed attempts")
+
+
 def test_connections_reset_under_load_lose_and_duplicate_nothing(rig: Rig) -> None:
     assert rig.proxy is not None
     for _ in range(5):
