@@ -189,6 +189,7 @@ class RequestTracker:
         the ``Content-Length`` the app declared, and it finishes when the server closes it.
         """
         exchange.sent = declared_length(exchange.headers)
+        exchange.first_byte = time.perf_counter()  # handed over now; the server sends from here
         original = getattr(body, "close", None)
 
         def close() -> None:
@@ -322,7 +323,10 @@ class RequestTracker:
         if state is None:
             return
         try:
-            state.speed = time.perf_counter() - state.start
+            state.speed = speed = time.perf_counter() - state.start
+            first_byte = exchange.first_byte
+            # In memory: the server sends the body all at once, so the first byte goes out at the end.
+            state.first_byte = speed if first_byte is None else first_byte - state.start
             state.status = status_code(exchange.status)
             state.response_size = exchange.sent
             if self._wants_details and exchange.g is not None:  # after_request never ran (an error escaped)

@@ -210,7 +210,7 @@ def _exposed_sample_names() -> set[str]:
     from flask_usage_otel.prometheus import metrics_for
 
     registry = CollectorRegistry()
-    metrics_for(registry, load_settings({}))
+    metrics_for(registry, load_settings({})).add_storage_metrics()  # an app with a storage has them
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     return {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
 
