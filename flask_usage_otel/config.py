@@ -57,14 +57,11 @@ DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
 _METRIC_PREFIX_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-RESERVED_LABELS = frozenset(
-    {"method", "route", "blueprint", "status", "endpoint", "exception", "component", "version", "reason"}
-    | {"le", "quantile", "pid", "job", "instance"}
-)
-"""Label names the metrics use themselves, or that histograms, multiprocess mode or Prometheus add."""
+# Label names the metrics use themselves, or that histograms, multiprocess mode or Prometheus add.
+_OWN_LABELS = ("method", "route", "blueprint", "status", "endpoint", "exception", "component", "version", "reason")
+RESERVED_LABELS = frozenset((*_OWN_LABELS, "le", "quantile", "pid", "job", "instance"))
 
-SYNTHETIC_TYPES = ("bot", "test")
-"""The values of ``user_agent.synthetic.type`` (OpenTelemetry's semantic conventions)."""
+SYNTHETIC_TYPES = ("bot", "test")  # the values of OpenTelemetry's user_agent.synthetic.type
 
 MetricsAuth = Callable[[Any], bool] | str | tuple[str, str] | None
 CaptureUser = Callable[[], str | None] | str | None

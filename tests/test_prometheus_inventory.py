@@ -164,3 +164,13 @@ def test_two_apps_on_one_registry_must_agree_on_constant_labels() -> None:
     TrackUsage(build_app({"TRACK_USAGE_METRICS_CONST_LABELS": {"service": "a"}}), registry=registry)
     with pytest.raises(ConfigError, match="other constant labels"):
         TrackUsage(build_app({"TRACK_USAGE_METRICS_CONST_LABELS": {"service": "b"}}), registry=registry)
+
+
+def test_routes_the_app_does_not_track_are_not_listed() -> None:
+    app = build_app({"TRACK_USAGE_EXCLUDE_PATHS": ["/stream"]})
+    t = TrackUsage(app, registry=CollectorRegistry())
+    t.exclude(app.view_functions["boom"])
+    routes = {route for route, *_ in route_info(app)}
+    assert "/items/<int:item_id>" in routes
+    assert "/stream" not in routes
+    assert "/boom" not in routes

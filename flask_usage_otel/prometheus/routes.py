@@ -19,14 +19,13 @@ the ``/metrics`` view adds it to the registry it merges the workers' files into.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..filters import blueprint_of
-from ..ftu_names import METRICS_ENDPOINT
 from ..record import OTHER, method_label
 
 if TYPE_CHECKING:
@@ -43,11 +42,14 @@ class RouteInventory(Collector):
         self.name = name
         self._const_names = tuple(name for name, _ in const_labels)
         self._const_values = tuple(value for _, value in const_labels)
-        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._apps: weakref.WeakKeyDictionary[Flask, Callable[[Rule], bool]] = weakref.WeakKeyDictionary()
 
-    def add(self, app: Flask) -> None:
-        """List ``app``'s routes from now on (for as long as the app exists)."""
-        self._apps.add(app)
+    def add(self, app: Flask, tracked: Callable[[Rule], bool] = lambda rule: True) -> None:
+        """List ``app``'s routes from now on (for as long as the app exists), those ``tracked`` accepts.
+
+        ``tracked`` must not hold the app itself: it would keep the app alive.
+        """
+        self._apps[app] = tracked
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return [self._family()]
@@ -55,8 +57,8 @@ class RouteInventory(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
         seen: set[tuple[str, ...]] = set()
-        for app in list(self._apps):
-            for labels in route_labels(app):
+        for app, tracked in list(self._apps.items()):
+            for labels in route_labels(app, tracked):
                 if labels not in seen:
                     seen.add(labels)
                     family.add_metric((*labels, *self._const_values), 1)
@@ -70,15 +72,17 @@ class RouteInventory(Collector):
         )
 
 
-def route_labels(app: Flask) -> list[tuple[str, str, str, str]]:
-    """(route, method, blueprint, endpoint) of each rule and method of ``app``, as the request metrics label them.
+def route_labels(app: Flask, tracked: Callable[[Rule], bool]) -> list[tuple[str, str, str, str]]:
+    """(route, method, blueprint, endpoint) of each tracked rule and method of ``app``, as the request metrics
+    label them.
 
     The methods Werkzeug and Flask add by themselves (``HEAD`` beside ``GET``, ``OPTIONS`` when
-    Flask answers it) are left out: they would all show as routes nobody uses.
+    Flask answers it) are left out, like the rules the app does not track (``/metrics`` among them):
+    they would all show as routes nobody uses.
     """
     rows = []
     for rule in list(app.url_map.iter_rules()):
-        if rule.endpoint == METRICS_ENDPOINT:
+        if not tracked(rule):  # the metrics view too: the filter never tracks it
             continue
         blueprint = blueprint_of(rule.endpoint) or ""
         for method in _declared_methods(rule):
