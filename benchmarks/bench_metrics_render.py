@@ -1,100 +1,196 @@
-"""Time to render ``/metrics`` when the app has 1, 100 and 1,000 routes' worth of series.
+"""What a scrape of ``/metrics`` costs: ours beside prometheus_flask_exporter's, in process and multiprocess.
 
-Each size gets a fresh app with that many routes, tracked by ``TrackUsage`` on a fresh
-registry; one request per route fills the series, then the registry is rendered in the
-Prometheus text format and in OpenMetrics (what a scraper asking for exemplars gets).
+Each size is an app with ``routes`` routes, each answering ``methods`` methods with ``statuses``
+statuses; one request per (route, method, status) fills the series. The same app is tracked by
+``TrackUsage`` and, apart, by prometheus_flask_exporter (pfe), each on a fresh registry, and each
+registry is rendered in the Prometheus text format and in OpenMetrics (what Prometheus asks for).
+For multiprocess mode, a child process with ``PROMETHEUS_MULTIPROC_DIR`` set serves the same
+requests and exits; its files are folded into archives as gunicorn's ``child_exit`` hook does
+(``compact_dead_worker``), and the folded directory is rendered as ``/metrics`` renders it.
 
-    python benchmarks/bench_metrics_render.py [--quick] [--routes 1,100,1000]
+    python benchmarks/bench_metrics_render.py [--quick] [--sizes 1x1x1,100x2x3,1000x2x3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from prometheus_client import CollectorRegistry
+from prometheus_client import exposition as text_exposition
 from report import RESULTS_DIR, format_table, machine_info, write_json
 from werkzeug.test import EnvironBuilder
 
-from flask_usage_otel import TrackUsage
-from flask_usage_otel.prometheus import render
-
-ROUTE_COUNTS = (1, 100, 1000)
+SIZES = ((1, 1, 1), (100, 2, 3), (1000, 2, 3))
+METHODS = ("GET", "POST", "PUT")
+STATUSES = (200, 404, 500, 201)
 FORMATS = {"text": None, "openmetrics": "application/openmetrics-text; version=1.0.0"}
-FULL_REPEATS, QUICK_REPEATS = 30, 5
+FULL_REPEATS, QUICK_REPEATS = 15, 3
 
 
-def app_with_routes(count: int) -> tuple[Flask, CollectorRegistry]:
-    app = Flask(f"render_{count}")
-    for i in range(count):
-        app.add_url_rule(f"/r{i}/<int:item_id>", endpoint=f"r{i}", view_func=lambda item_id: "ok")
+def app_with_routes(routes: int, methods: int) -> Flask:
+    app = Flask(f"render_{routes}")
+    for i in range(routes):
+        app.add_url_rule(
+            f"/r{i}/<int:item_id>",
+            endpoint=f"r{i}",
+            view_func=lambda item_id: ("ok", int(request.args.get("status", 200))),
+            methods=list(METHODS[:methods]),
+        )
+    return app
+
+
+def fill_series(app: Flask, routes: int, methods: int, statuses: int) -> None:
+    """One request per (route, method, status), so each label set has its series."""
+    for i in range(routes):
+        for method in METHODS[:methods]:
+            for status in STATUSES[:statuses]:
+                environ = EnvironBuilder(path=f"/r{i}/1", method=method, query_string=f"status={status}").get_environ()
+                body = app.wsgi_app(environ, lambda *args: None)
+                for _chunk in body:
+                    pass
+                getattr(body, "close", lambda: None)()
+
+
+def tracked(kind: str, routes: int, methods: int, statuses: int) -> CollectorRegistry:
+    app = app_with_routes(routes, methods)
     registry = CollectorRegistry()
-    TrackUsage(app, registry=registry)
-    return app, registry
+    if kind == "ours":
+        from flask_usage_otel import TrackUsage
+
+        TrackUsage(app, registry=registry)
+    else:
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        PrometheusMetrics(app, registry=registry)
+    fill_series(app, routes, methods, statuses)
+    return registry
 
 
-def fill_series(app: Flask, count: int) -> None:
-    """One tracked request per route, so each route has its counter and histogram series."""
-    for i in range(count):
-        body = app.wsgi_app(EnvironBuilder(path=f"/r{i}/1").get_environ(), lambda *args: None)
-        for _chunk in body:
-            pass
-        getattr(body, "close", lambda: None)()
+def timed(render: Callable[[], bytes], repeats: int) -> tuple[float, int]:
+    body = render()  # warm-up
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        render()
+        timings.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(timings), len(body)
 
 
-def series_count(registry: CollectorRegistry) -> int:
-    return sum(len(metric.samples) for metric in registry.collect())
+def in_process(kind: str, size: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    from flask_usage_otel.prometheus import render
 
-
-def measure(count: int, repeats: int) -> dict[str, Any]:
-    app, registry = app_with_routes(count)
-    fill_series(app, count)
-    entry: dict[str, Any] = {"routes": count, "series": series_count(registry)}
+    registry = tracked(kind, *size)
+    entry: dict[str, Any] = {"samples": sum(len(m.samples) for m in registry.collect())}
     for name, accept in FORMATS.items():
-        body, _ = render(registry, accept, False)  # warm-up
-        timings = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            render(registry, accept, False)
-            timings.append((time.perf_counter() - start) * 1e3)
-        entry[f"{name}_ms"] = statistics.median(timings)
-        entry[f"{name}_bytes"] = len(body)
+        if kind == "ours":
+            entry[f"{name}_ms"], entry[f"{name}_bytes"] = timed(lambda a=accept: render(registry, a, False)[0], repeats)
+        else:
+            encoder, _ = text_exposition.choose_encoder(accept or "")
+            entry[f"{name}_ms"], entry[f"{name}_bytes"] = timed(lambda e=encoder: e(registry), repeats)
     return entry
 
 
-def run_benchmark(route_counts: Sequence[int] = ROUTE_COUNTS, repeats: int = FULL_REPEATS) -> dict[str, Any]:
-    """Render times for each route count (what the JSON file holds)."""
+CHILD = """
+import sys
+sys.path.insert(0, {bench!r})
+from bench_metrics_render import tracked
+tracked({kind!r}, {routes}, {methods}, {statuses})
+print(__import__("os").getpid())
+"""
+
+
+def folded(kind: str, size: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    """A dead worker's files folded into archives, rendered as the multiprocess ``/metrics`` renders them."""
+    from flask_usage_otel.prometheus.multiprocess import LockedMultiProcessCollector, compact_dead_worker
+
+    with tempfile.TemporaryDirectory() as directory:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+        code = CHILD.format(
+            bench=os.path.dirname(os.path.abspath(__file__)),
+            kind=kind,
+            routes=size[0],
+            methods=size[1],
+            statuses=size[2],
+        )
+        pid = int(
+            subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+        )
+        compact_dead_worker(directory, pid)
+        registry = CollectorRegistry()
+        LockedMultiProcessCollector(registry, path=directory)
+        entry: dict[str, Any] = {"samples": sum(len(m.samples) for m in registry.collect())}
+        entry["text_ms"], entry["text_bytes"] = timed(lambda: text_exposition.generate_latest(registry), repeats)
+    return entry
+
+
+def measure(size: tuple[int, int, int], repeats: int) -> dict[str, Any]:
+    label_sets = size[0] * size[1] * size[2]
+    entry: dict[str, Any] = {"size": "x".join(map(str, size)), "label_sets": label_sets}
+    for kind in ("ours", "pfe"):
+        entry[kind] = in_process(kind, size, repeats)
+        entry[f"{kind}_folded"] = folded(kind, size, repeats)
+    entry["ours_over_pfe"] = entry["ours"]["text_ms"] / entry["pfe"]["text_ms"]
+    entry["ours_over_pfe_openmetrics"] = entry["ours"]["openmetrics_ms"] / entry["pfe"]["openmetrics_ms"]
+    entry["ours_folded_over_in_process"] = entry["ours_folded"]["text_ms"] / entry["ours"]["text_ms"]
+    return entry
+
+
+def run_benchmark(sizes: Sequence[tuple[int, int, int]] = SIZES, repeats: int = FULL_REPEATS) -> dict[str, Any]:
+    """Render times for each size (what the JSON file holds)."""
     return {
         "benchmark": "metrics_render",
         "machine": machine_info(),
         "settings": {"repeats": repeats},
-        "sizes": [measure(count, repeats) for count in route_counts],
+        "sizes": [measure(size, repeats) for size in sizes],
     }
 
 
 def print_results(data: dict[str, Any]) -> None:
-    print(f"/metrics render time, median of {data['settings']['repeats']} renders")
-    rows = [
-        [s["routes"], s["series"], s["text_ms"], s["text_bytes"], s["openmetrics_ms"], s["openmetrics_bytes"]]
-        for s in data["sizes"]
-    ]
-    headers = ["routes", "series", "text ms", "text bytes", "openmetrics ms", "openmetrics bytes"]
-    print(format_table(headers, rows))
+    print(f"/metrics render time (ms, median of {data['settings']['repeats']}); size = routes x methods x statuses")
+    rows = []
+    for s in data["sizes"]:
+        for kind in ("ours", "pfe", "ours_folded", "pfe_folded"):
+            e = s[kind]
+            per_set = e["samples"] / s["label_sets"]
+            rows.append(
+                [
+                    s["size"],
+                    kind,
+                    e["samples"],
+                    f"{per_set:.1f}",
+                    e["text_ms"],
+                    e["text_bytes"],
+                    e.get("openmetrics_ms", "-"),
+                ]
+            )
+    print(
+        format_table(["size", "exporter", "samples", "per label set", "text ms", "text bytes", "openmetrics ms"], rows)
+    )
+    for s in data["sizes"]:
+        print(
+            f"{s['size']}: ours/pfe text {s['ours_over_pfe']:.2f} (target <= 1.25), openmetrics "
+            f"{s['ours_over_pfe_openmetrics']:.2f}; folded/in-process "
+            f"{s['ours_folded_over_in_process']:.2f} (target <= 1.2)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPEATS} renders per size")
-    parser.add_argument("--routes", default=",".join(map(str, ROUTE_COUNTS)), help="comma-separated route counts")
+    parser.add_argument("--sizes", default=",".join("x".join(map(str, s)) for s in SIZES), help="e.g. 1000x2x3,100x2x3")
     parser.add_argument("--output", default=RESULTS_DIR / "metrics_render.json")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.routes.split(",")]
-    data = run_benchmark(counts, QUICK_REPEATS if args.quick else FULL_REPEATS)
+    sizes = [tuple(int(n) for n in size.split("x")) for size in args.sizes.split(",")]
+    data = run_benchmark(sizes, QUICK_REPEATS if args.quick else FULL_REPEATS)  # type: ignore[arg-type]
     print_results(data)
     print(f"\nwrote {write_json(data, args.output)}")
     return 0

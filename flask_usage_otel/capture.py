@@ -58,6 +58,7 @@ class RequestState:
         "environ_values",
         "error",
         "exception",
+        "first_byte",
         "method",
         "method_label",
         "request",
@@ -110,6 +111,9 @@ class RequestState:
         self.sampled = False
         self.context = context
         self.speed = 0.0
+        # Seconds to the first chunk of body handed to the server (the headers go with it); the
+        # duration itself when the body was in memory, since the server sends it all at once then.
+        self.first_byte = 0.0
         self.environ_values: tuple[str | None, ...] | None = None
         self.authorization = False
         self.view_args: dict[str, Any] | None = None

@@ -43,8 +43,10 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
+# Response sizes, bytes: one bucket per decade from 1 kB (a small JSON answer) to 10 MB. Coarser
+# than the latency buckets, and without the status label: each label set of the size histogram
+# costs every scrape one line per bucket (see docs/prometheus.md, "What a scrape costs").
 DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
-    100.0,
     1_000.0,
     10_000.0,
     100_000.0,
@@ -53,6 +55,13 @@ DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
 )
 
 _METRIC_PREFIX_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+# Label names the metrics use themselves, or that histograms, multiprocess mode or Prometheus add.
+_OWN_LABELS = ("method", "route", "blueprint", "status", "endpoint", "exception", "component", "version", "reason")
+RESERVED_LABELS = frozenset((*_OWN_LABELS, "le", "quantile", "pid", "job", "instance"))
+
+SYNTHETIC_TYPES = ("bot", "test")  # the values of OpenTelemetry's user_agent.synthetic.type
 
 MetricsAuth = Callable[[Any], bool] | str | tuple[str, str] | None
 CaptureUser = Callable[[], str | None] | str | None
@@ -92,6 +101,8 @@ class Settings:
     prometheus: bool = True
     metrics_path: str | None = "/metrics"
     metrics_auth: MetricsAuth = None
+    metrics_const_labels: tuple[tuple[str, str], ...] = ()
+    exclude_synthetic: frozenset[str] = frozenset()
     exception_label_limit: int = 50
     capture_user: CaptureUser = "id"
     anonymize_ip: str | None = None
@@ -217,6 +228,32 @@ def _metrics_auth(key: str, value: Any) -> MetricsAuth:
     )
 
 
+def _const_labels(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            key, f"must be a mapping of label names to values, such as {{'service': 'shop'}}, got {value!r}"
+        )
+    for name, label_value in value.items():
+        if not isinstance(name, str) or not _LABEL_NAME_RE.fullmatch(name) or name.startswith("__"):
+            raise ConfigError(key, f"{name!r} is not a valid Prometheus label name")
+        if name in RESERVED_LABELS:
+            raise ConfigError(key, f"{name!r} is a label the metrics (or Prometheus) already use; choose another name")
+        if not isinstance(label_value, str):
+            raise ConfigError(key, f"the value of {name!r} must be a string, got {label_value!r}")
+    return tuple(sorted(value.items()))
+
+
+def _synthetic_types(key: str, value: Any) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise ConfigError(
+            key, f"must be a list of {' and '.join(map(repr, SYNTHETIC_TYPES))} (empty for none), got {value!r}"
+        )
+    for kind in value:
+        if kind not in SYNTHETIC_TYPES:
+            raise ConfigError(key, f"must contain only {' and '.join(map(repr, SYNTHETIC_TYPES))}, got {kind!r}")
+    return frozenset(value)
+
+
 def _exclude_paths(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
         raise ConfigError(key, f"must be a list of regular expressions, got {value!r}")
@@ -298,6 +335,8 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "PROMETHEUS": ("prometheus", _bool),
     "METRICS_PATH": ("metrics_path", _metrics_path),
     "METRICS_AUTH": ("metrics_auth", _metrics_auth),
+    "METRICS_CONST_LABELS": ("metrics_const_labels", _const_labels),
+    "EXCLUDE_SYNTHETIC": ("exclude_synthetic", _synthetic_types),
     "EXCEPTION_LABEL_LIMIT": ("exception_label_limit", _int_range(1, 10_000)),
     "CAPTURE_USER": ("capture_user", _capture_user),
     "ANONYMIZE_IP": ("anonymize_ip", _anonymize_ip),

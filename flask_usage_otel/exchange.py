@@ -49,6 +49,8 @@ class Exchange:
     sent = 0
     handed_over = False
     """Whether the server was given a chunk of the body yet (it may send the headers with an empty one)."""
+    first_byte: float | None = None
+    """``perf_counter()`` when the first chunk (or a file) was handed to the server; None for a body in memory."""
     finished = False
 
     def __init__(self, tracker: Finisher, start_response: Callable[..., Any]) -> None:
@@ -67,7 +69,9 @@ class Exchange:
         try:
             for chunk in self.body:  # type: ignore[union-attr]
                 self.sent += len(chunk)
-                self.handed_over = True
+                if not self.handed_over:  # the server sends the headers with it: the first byte
+                    self.handed_over = True
+                    self.first_byte = time.perf_counter()
                 yield chunk
         except Exception as exc:  # the body failed mid-way; the server aborts the response
             self.tracker.body_failed(self, exc)

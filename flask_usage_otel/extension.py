@@ -128,6 +128,8 @@ class TrackUsage(LegacyTrackUsageNames):
         if metrics is not None and storages:
             metrics.add_storage_metrics()  # only then: /metrics of an app without a storage shows none
         if metrics is not None:
+            # <prefix>route_info lists the app's tracked routes from its URL map at each scrape.
+            metrics.routes.add(app, self._filter.rule_filter(app, settings))
             sinks.append(
                 PrometheusSink(
                     metrics, exception_label_limit=settings.exception_label_limit, exemplars=not multiprocess

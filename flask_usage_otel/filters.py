@@ -56,6 +56,25 @@ class RequestFilter:
     def never_track(self, endpoint: str) -> None:
         self._never.add(endpoint)
 
+    def rule_filter(self, app: Any, settings: Any) -> Callable[[Any], bool]:
+        """Whether a URL rule of ``app`` is tracked: its endpoint, and its path when the rule has no variables.
+
+        The function holds the app's dicts, not the app, so it does not keep the app alive.
+        """
+        views, blueprints, mode, pattern = (
+            app.view_functions,
+            app.blueprints,
+            settings.include_or_exclude_views,
+            settings.exclude_paths_re,
+        )
+
+        def tracked(rule: Any) -> bool:
+            if not self.decide(rule.endpoint, views.get(rule.endpoint), mode, blueprints):
+                return False
+            return bool(rule.arguments) or not path_is_excluded(pattern, rule.rule)
+
+        return tracked
+
     def decide(
         self,
         endpoint: str | None,

@@ -40,6 +40,7 @@ from .privacy import secret_arguments
 from .record import OTHER, STANDARD_METHODS, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
 from .sinks import Sink, overrides
+from .useragent import synthetic_type
 
 if TYPE_CHECKING:
     from flask import Flask, Request, Response
@@ -82,6 +83,7 @@ class RequestTracker:
         self._teardowners = [s for s in self.sinks if overrides(s, "teardown")]
         self._finishers = [s for s in self.sinks if overrides(s, "finish")]
         self._exclude_re = self.settings.exclude_paths_re
+        self._exclude_synthetic = self.settings.exclude_synthetic  # TRACK_USAGE_EXCLUDE_SYNTHETIC
         self._secret_names = frozenset(name.lower() for name in self.settings.redact_view_args)
         self._capture_user = self.settings.capture_user
         # The request is captured only for sinks that consume it whole; the user and g.track_var
@@ -189,6 +191,7 @@ class RequestTracker:
         the ``Content-Length`` the app declared, and it finishes when the server closes it.
         """
         exchange.sent = declared_length(exchange.headers)
+        exchange.first_byte = time.perf_counter()  # handed over now; the server sends from here
         original = getattr(body, "close", None)
 
         def close() -> None:
@@ -276,6 +279,8 @@ class RequestTracker:
             info = self._decide(endpoint)
         if not info.tracked or (self._exclude_re is not None and path_is_excluded(self._exclude_re, req.path)):
             return
+        if self._exclude_synthetic and synthetic_type(req.environ.get("HTTP_USER_AGENT")) in self._exclude_synthetic:
+            return  # a probe or a crawler the app asked not to track (cached per User-Agent)
         method = req.method
         state = RequestState(
             req,
@@ -322,7 +327,10 @@ class RequestTracker:
         if state is None:
             return
         try:
-            state.speed = time.perf_counter() - state.start
+            state.speed = speed = time.perf_counter() - state.start
+            first_byte = exchange.first_byte
+            # In memory: the server sends the body all at once, so the first byte goes out at the end.
+            state.first_byte = speed if first_byte is None else first_byte - state.start
             state.status = status_code(exchange.status)
             state.response_size = exchange.sent
             if self._wants_details and exchange.g is not None:  # after_request never ran (an error escaped)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from .columns import RECORD_FIELD_NAMES, RECORD_FIELDS
 from .privacy import REDACTED, redact_secrets
 from .request_text import first_language, full_url
-from .useragent import UserAgentInfo, parse_user_agent
+from .useragent import UserAgentInfo, parse_user_agent, synthetic_type
 
 if TYPE_CHECKING:
     from .geoip import GeoIP
@@ -264,6 +264,7 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
             trace_id,
             span_id,
             ip_info,
+            synthetic_type(user_agent),  # cached per distinct header
         ),
     )
 

@@ -42,6 +42,12 @@ MEANINGS: dict[str, str] = {
     "TRACK_USAGE_PROMETHEUS": "record Prometheus metrics",
     "TRACK_USAGE_METRICS_PATH": "where the metrics are served; `None` serves none",
     "TRACK_USAGE_METRICS_AUTH": "who may read the metrics: a bearer token, a `(user, password)` pair, or a callable",
+    "TRACK_USAGE_METRICS_CONST_LABELS": (
+        'labels with fixed values added to every metric (`{"service": "shop"}`); prefer target labels'
+    ),
+    "TRACK_USAGE_EXCLUDE_SYNTHETIC": (
+        'synthetic traffic not tracked at all: `("test",)` leaves out health probes, `("bot", "test")` crawlers too'
+    ),
     "TRACK_USAGE_EXCEPTION_LABEL_LIMIT": "distinct `exception` label values before later ones become `_OTHER`",
     "TRACK_USAGE_CAPTURE_USER": 'which user id a row keeps: `"id"`, `"off"`, or a callable returning the id',
     "TRACK_USAGE_ANONYMIZE_IP": "keep client addresses truncated to their network, or as a keyed hash",

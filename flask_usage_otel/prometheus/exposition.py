@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_exposition
 
 from ..config import MetricsAuth
+from .metrics import route_inventories
 from .multiprocess import LockedMultiProcessCollector
 
 if TYPE_CHECKING:
@@ -28,9 +29,12 @@ logger = logging.getLogger("flask_usage_otel.prometheus")
 def render(registry: CollectorRegistry, accept: str | None, multiprocess: bool) -> tuple[bytes, str]:
     """Encode ``registry`` for a scrape that sent ``Accept: accept``: (body, content type)."""
     if multiprocess:
+        inventories = route_inventories(registry)
         registry = CollectorRegistry()
         # Locked: gunicorn's child_exit may be folding a dead worker's files into the archive.
         LockedMultiProcessCollector(registry)
+        for inventory in inventories:  # kept in no file: every worker reads the same URL map
+            registry.register(inventory)
     encoder, content_type = text_exposition.choose_encoder(accept or "")
     if multiprocess and content_type.startswith("application/openmetrics-text"):
         # Exemplars do not exist in multiprocess mode; plain text is the honest answer.

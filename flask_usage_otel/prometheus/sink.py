@@ -28,13 +28,23 @@ from .metrics import PrometheusMetrics
 class _Series:
     """One label tuple's children, as the functions that count into them."""
 
-    __slots__ = ("count", "count_exemplar", "observe_duration", "observe_duration_exemplar", "observe_size")
+    __slots__ = (
+        "count",
+        "count_exemplar",
+        "observe_duration",
+        "observe_duration_exemplar",
+        "observe_first_byte",
+        "observe_first_byte_exemplar",
+        "observe_size",
+    )
 
-    def __init__(self, requests: Any, duration: Any, size: Any) -> None:
+    def __init__(self, requests: Any, duration: Any, first_byte: Any, size: Any) -> None:
         self.count: Adder = counter_adder(requests)
         self.count_exemplar: ExemplarAdder = counter_exemplar_adder(requests)
         self.observe_duration: Adder = histogram_observer(duration)
         self.observe_duration_exemplar: ExemplarAdder = histogram_exemplar_observer(duration)
+        self.observe_first_byte: Adder = histogram_observer(first_byte)
+        self.observe_first_byte_exemplar: ExemplarAdder = histogram_exemplar_observer(first_byte)
         self.observe_size: Adder = histogram_observer(size)
 
 
@@ -73,9 +83,11 @@ class PrometheusSink(Sink):
             now = time.time()
             series.count_exemplar(1, labels, now)
             series.observe_duration_exemplar(speed, labels, now)
+            series.observe_first_byte_exemplar(state.first_byte, labels, now)
         else:
             series.count(1)
             series.observe_duration(speed)
+            series.observe_first_byte(state.first_byte)
         size = state.response_size
         if size is not None:
             series.observe_size(size)
@@ -87,7 +99,13 @@ class PrometheusSink(Sink):
     def _labelled(self, key: tuple[str, str, str, int]) -> _Series:
         labels = (*key[:3], str(key[3]))
         m = self._metrics
-        return _Series(m.requests.labels(*labels), m.duration.labels(*labels), m.response_size.labels(*labels))
+        route_labels = key[:3]  # the first-byte and size histograms have no status label
+        return _Series(
+            m.requests.labels(*labels),
+            m.duration.labels(*labels),
+            m.first_byte.labels(*route_labels),
+            m.response_size.labels(*route_labels),
+        )
 
     def _exception_label(self, name: str) -> str:
         if name in self._exception_names:

@@ -23,8 +23,9 @@ FROM, TO = NOW - timedelta(hours=1), NOW + timedelta(minutes=1)
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def expand_macros(sql: str) -> str:
-    """Grafana's PostgreSQL macros, expanded as Grafana does for the time range FROM..TO."""
+def expand_macros(sql: str, traffic: str = "all") -> str:
+    """Grafana's PostgreSQL macros, expanded as Grafana does for the time range FROM..TO, and the variable."""
+    sql = sql.replace("$traffic", traffic)
     sql = re.sub(
         r"\$__timeFilter\((\w+)\)",
         lambda m: f"{m[1]} BETWEEN '{FROM.isoformat()}Z' AND '{TO.isoformat()}Z'",
@@ -68,6 +69,11 @@ def usage_schema() -> Iterator[Any]:
                 "trace_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
+            cursor.execute(  # a health probe, older than the rest
+                "INSERT INTO flask_usage (datetime, method, route, path, status, speed, remote_addr, synthetic_type) "
+                "VALUES (%s, 'GET', '/healthz', '/healthz', 200, 0.001, '10.0.0.9', 'test')",
+                (NOW - timedelta(minutes=30),),
+            )
         yield conn
     finally:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -95,6 +101,13 @@ def test_every_raw_query_runs_and_returns_rows(usage_schema: Any) -> None:
         assert rows, f"{title}: no rows"
     by_title = dict(queries)
     newest = usage_schema.execute(expand_macros(by_title["Newest requests"])).fetchall()
-    assert [r[3] for r in newest] == ["/", "/api/items/3", "/error", "/nope"]  # newest first
+    assert [r[3] for r in newest] == ["/", "/api/items/3", "/error", "/nope", "/healthz"]  # newest first
+    humans = usage_schema.execute(expand_macros(by_title["Newest requests"], "humans")).fetchall()
+    assert [r[3] for r in humans] == ["/", "/api/items/3", "/error", "/nope"]
+    probes = usage_schema.execute(expand_macros(by_title["Newest requests"], "test")).fetchall()
+    assert [r[3] for r in probes] == ["/healthz"]
+    assert usage_schema.execute(expand_macros(by_title["Newest requests"], "bot")).fetchall() == []
+    for _title, sql in queries:  # every panel takes every value of the variable
+        usage_schema.execute(expand_macros(sql, "humans")).fetchall()
     users = usage_schema.execute(expand_macros(by_title["Top users"])).fetchall()
     assert [(r[0], r[1], r[2]) for r in users] == [("alice", 2, 1), ("bob", 1, 0)]

@@ -180,7 +180,8 @@ def test_a_session_silent_inside_its_transaction_does_not_stall_the_writer(rig: 
     assert len(paths) == 50
     assert rig.writer.rows_dropped == 0
     assert recovered_after < 20  # write_timeout is 2 s here; without server-side limits: 0 rows in 60 s
-    print(f"\nsilent session: every row written {recovered_after:.1f} s after, {rig.writer.write_errors} failed attempts")
+    errors = rig.writer.write_errors
+    print(f"\nsilent session: every row written {recovered_after:.1f} s after, {errors} failed attempts")
 
 
 def test_connections_reset_under_load_lose_and_duplicate_nothing(rig: Rig) -> None:

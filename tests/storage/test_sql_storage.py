@@ -49,6 +49,7 @@ def test_every_field_round_trips(storage: SQLStorage) -> None:
         "exception": "KeyError",
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "span_id": "00f067aa0ba902b7",
+        "synthetic_type": None,
     }
     assert row["date"].tzinfo is not None
 
