@@ -260,12 +260,13 @@ def draw(data: dict[str, Any], directory: Path) -> list[Path]:
             plot(
                 directory / "curve-metrics-render.png",
                 "/metrics render time",
-                "label sets (routes x 2 methods x 3 statuses) / worker files x label sets",
+                "label sets (routes x 2 methods x 3 statuses); workers' files (orange)",
                 "ms per render",
                 {
                     "in process, by label sets": ([p["label_sets"] for p in render], [p["render_ms"] for p in render]),
-                    f"multiprocess, {workers[0]['label_sets']} label sets x workers' files": (
-                        [p["label_sets"] * p["workers"] for p in workers],
+                    f"multiprocess, {workers[0]['label_sets']} label sets: "
+                    + "{intercept:.0f} ms + {slope:.0f} ms per worker's files": (
+                        [p["workers"] for p in workers],
                         [p["render_ms"] for p in workers],
                     ),
                 },
@@ -276,10 +277,15 @@ def draw(data: dict[str, Any], directory: Path) -> list[Path]:
         drawn.append(
             plot(
                 directory / "curve-writer-rtt.png",
-                "Rows/s the writer keeps up with (PostgreSQL)",
+                "Writer: time per batch against the database's round trip",
                 "added round-trip time (ms)",
-                "rows/s",
-                {"batches of 500": ([p["rtt_ms"] for p in writer], [p["rows_per_s"] for p in writer])},
+                "ms per batch of 500 rows (rows/s = 500,000 / ms)",
+                {
+                    "batches of 500 rows: {intercept:.1f} ms + {slope:.1f} x RTT each": (
+                        [p["rtt_ms"] for p in writer],
+                        [p["ms_per_batch"] for p in writer],
+                    ),
+                },
                 log_x=False,
                 log_y=False,
             )

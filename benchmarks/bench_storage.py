@@ -175,10 +175,15 @@ def fill_large_table(storage: SQLStorage, rows: int, first: int = 1) -> None:
                    {browser}, 'user' || (g % 5000), 'HTTP/1.1', 'bench'
             FROM seq"""
         analyze = "ANALYZE"
-    with storage.engine.begin() as conn:
-        conn.exec_driver_sql(sql)
-    with storage.engine.begin() as conn:
-        conn.exec_driver_sql(analyze)
+    # An engine of its own: the storage's carries the per-statement deadline of the writer.
+    engine = sa.create_engine(storage.engine.url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    finally:
+        engine.dispose()
 
 
 def query_latencies(url: str, rows: int, repeat: int) -> dict[str, Any]:

@@ -83,7 +83,8 @@ def plot(
     figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for label, (sizes, costs) in series.items():
         fitted = fit(sizes, costs)
-        name = f"{label} ({fitted['growth']}, k={fitted['exponent']:.2f})"
+        # A label of its own ("...{a}...{b}...") names a straight-line fit; else the power law's growth.
+        name = label.format(**fitted) if "{" in label else f"{label} ({fitted['growth']}, k={fitted['exponent']:.2f})"
         axes.plot(sizes, costs, marker="o", label=name)
     if log_x:
         axes.set_xscale("log")

@@ -75,7 +75,8 @@ def storage_curve(table_rows: Sequence[int], repeats: int) -> list[dict[str, Any
     """Each kind of table filled up to each size in turn (the rows of the smaller size kept)."""
     points = []
     for kind, cls in (("plain", SQLStorage), ("partitioned", PartitionedSQLStorage)):
-        storage = cls(POSTGRES_URL, table_name=f"bench_c_{uuid.uuid4().hex[:10]}")
+        # No statement deadline: a summary over 10M rows may take longer than the writer's 15 s.
+        storage = cls(POSTGRES_URL, table_name=f"bench_c_{uuid.uuid4().hex[:10]}", statement_timeout=None)
         try:
             storage.create_table()
             if isinstance(storage, PartitionedSQLStorage):
