@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     parser.add_argument("--only", default=",".join(CURVES), help=f"comma-separated subset of {', '.join(CURVES)}")
     parser.add_argument("--table-rows", help="comma-separated table sizes for the storage curve")
-    parser.add_argument("--plots", default=str(DOCS_IMG), help="where the PNGs go ('' for none)")
+    parser.add_argument("--plots", help="where the PNGs go ('' for none; default docs/img, results/ with --quick)")
     parser.add_argument("--output", default=RESULTS_DIR / "curves.json")
     parser.add_argument("--worker-files-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -327,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["table_rows"] = tuple(int(n) for n in args.table_rows.split(","))
     data = run_curves(settings, args.only.split(","))
     print_results(data)
-    if args.plots:
-        for path in draw(data, Path(args.plots)):
+    # A quick run never overwrites the committed plots of a full one.
+    plots = args.plots if args.plots is not None else str(RESULTS_DIR if args.quick else DOCS_IMG)
+    if plots:
+        for path in draw(data, Path(plots)):
             print(f"drew {path}")
     print(f"\nwrote {write_json(data, args.output)}")
     return 0
