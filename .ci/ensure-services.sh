@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the real servers the tests use are installed and running:
-# PostgreSQL and MariaDB (started if stopped) and Debian's Prometheus (installed if missing).
+# PostgreSQL and MariaDB (started if stopped), Debian's Prometheus and VictoriaMetrics (installed if missing).
 # Under CI=true a failure here fails the run; elsewhere it only warns, and the
 # integration tests that need the missing part skip with a reason.
 set -uo pipefail
@@ -25,6 +25,13 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     || fail "could not install prometheus (apt-get install -y prometheus)"
 fi
 # The Debian package starts a system Prometheus on :9090 where systemd runs; tests use their own ports.
+
+# VictoriaMetrics: the dashboards' queries must answer the same there (tests/integration/test_dashboards.py).
+if ! command -v victoria-metrics >/dev/null; then
+  echo "ensure-services: installing Debian's victoria-metrics package"
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq victoria-metrics >/dev/null \
+    || fail "could not install victoria-metrics (apt-get install -y victoria-metrics)"
+fi
 
 # valgrind (with its headers) and a C compiler: the instruction-count smoke test needs them.
 bash "$(dirname "$0")/../benchmarks/ensure_tools.sh" || fail "could not install the benchmark tools"

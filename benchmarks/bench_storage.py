@@ -141,35 +141,49 @@ def profile_writer(url: str, rows: int, top: int) -> None:
 # -- get_usage on a large table ---------------------------------------------------------------
 
 
-def fill_large_table(storage: SQLStorage, rows: int) -> None:
-    """Generate ``rows`` rows inside the database (INSERT ... SELECT), then gather planner statistics."""
-    storage.create_table()
+def fill_large_table(storage: SQLStorage, rows: int, first: int = 1) -> None:
+    """Generate rows ``first`` to ``rows`` inside the database (INSERT ... SELECT), then gather planner
+    statistics; the table is made when ``first`` is 1. Row ``g`` is ``g * SECONDS_APART`` after
+    TABLE_START, with the text a browser's request leaves (user agent, language, user, protocol)."""
+    if first == 1:
+        storage.create_table()
     table = storage.engine.dialect.identifier_preparer.format_table(storage.table)
-    columns = "datetime, url, path, route, endpoint, method, status, speed, remote_addr, response_size, ua_browser"
+    columns = (
+        "datetime, url, path, route, endpoint, method, status, speed, remote_addr, response_size, ua_browser, "
+        "user_agent_raw, ua_platform, ua_version, ua_language, username, protocol, server_name"
+    )
+    browser = "'Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0', 'linux', '120.0', 'en-GB'"
     if storage.engine.dialect.name == "postgresql":
         sql = f"""
             INSERT INTO {table} ({columns})
             SELECT timestamp '2024-01-01' + g * interval '{SECONDS_APART} seconds',
                    'https://example.org/r' || mod(g, 50), '/r' || mod(g, 50), '/r' || mod(g, 50), 'r' || mod(g, 50),
                    'GET', CASE WHEN mod(g, 100) = 0 THEN 500 ELSE 200 END, mod(g, 997) / 10000.0,
-                   '10.0.' || mod(g, 250) || '.1', 1000 + mod(g, 500), 'firefox'
-            FROM generate_series(1, {rows}) AS g"""
+                   '10.0.' || mod(g, 250) || '.1', 1000 + mod(g, 500), 'firefox',
+                   {browser}, 'user' || mod(g, 5000), 'HTTP/1.1', 'bench'
+            FROM generate_series({first}, {rows}) AS g"""
         analyze = f"ANALYZE {table}"
     else:
         # SQLAlchemy stores SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff'; generate the same text.
         sql = f"""
-            WITH RECURSIVE seq(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM seq WHERE g < {rows})
+            WITH RECURSIVE seq(g) AS (SELECT {first} UNION ALL SELECT g + 1 FROM seq WHERE g < {rows})
             INSERT INTO {table} ({columns})
             SELECT strftime('%Y-%m-%d %H:%M:%f', '2024-01-01', '+' || (g * {SECONDS_APART}) || ' seconds') || '000',
                    'https://example.org/r' || (g % 50), '/r' || (g % 50), '/r' || (g % 50), 'r' || (g % 50),
                    'GET', CASE WHEN g % 100 = 0 THEN 500 ELSE 200 END, (g % 997) / 10000.0,
-                   '10.0.' || (g % 250) || '.1', 1000 + g % 500, 'firefox'
+                   '10.0.' || (g % 250) || '.1', 1000 + g % 500, 'firefox',
+                   {browser}, 'user' || (g % 5000), 'HTTP/1.1', 'bench'
             FROM seq"""
         analyze = "ANALYZE"
-    with storage.engine.begin() as conn:
-        conn.exec_driver_sql(sql)
-    with storage.engine.begin() as conn:
-        conn.exec_driver_sql(analyze)
+    # An engine of its own: the storage's carries the per-statement deadline of the writer.
+    engine = sa.create_engine(storage.engine.url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(analyze)
+    finally:
+        engine.dispose()
 
 
 def query_latencies(url: str, rows: int, repeat: int) -> dict[str, Any]:

@@ -37,6 +37,7 @@ BENCHMARKS = (
     Benchmark("metrics_render", "bench_metrics_render.py", "metrics_render.json"),
     Benchmark("storage", "bench_storage.py", "storage.json"),
     Benchmark("otel", "bench_otel.py", "otel.json"),
+    Benchmark("curves", "bench_curves.py", "curves.json"),
 )
 
 

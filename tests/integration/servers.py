@@ -1,4 +1,4 @@
-"""Real servers on loopback for integration tests: the app, Prometheus, promtool.
+"""Real servers on loopback for integration tests: the app, Prometheus, promtool, VictoriaMetrics.
 
 Every wait is bounded. Outside CI a missing server skips the test with the
 reason; under CI=true it fails, because integration tests must run there.
@@ -77,15 +77,15 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
         return exc.code, exc.read()
 
 
-def require_binary(name: str) -> str:
+def require_binary(name: str, package: str = "prometheus") -> str:
     path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
     if path is None:
-        unavailable(f"{name} is not installed (make test installs Debian's prometheus package)")
+        unavailable(f"{name} is not installed (.ci/ensure-services.sh installs Debian's {package} package)")
     return str(path)
 
 
 class Prometheus:
-    """A Prometheus server on loopback with its own config and data directory."""
+    """A Prometheus server (or one that speaks its query API) on loopback with its own data directory."""
 
     def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
         self.url = url
@@ -110,15 +110,43 @@ class Prometheus:
 
 
 @contextmanager
+def _serving(what: str, command: list[str], port: int, workdir: str, ready_path: str) -> Iterator[Prometheus]:
+    """Run ``command`` (listening on ``port``) until the block ends, once ``ready_path`` answers 200.
+
+    The server's log tail is printed when the block fails.
+    """
+    url = f"http://127.0.0.1:{port}"
+    log = Path(workdir, "server.log")
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: http_get(url + ready_path)[0] == 200, 30, f"{what} to be ready")
+        yield Prometheus(url, process, log)
+    except BaseException:
+        print(log.read_text(errors="replace")[-3000:])
+        raise
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextmanager
 def run_prometheus(
-    targets: list[str], scrape_interval: str = "1s", metrics_path: str = "/metrics"
+    targets: list[str], scrape_interval: str = "1s", metrics_path: str = "/metrics", remote_write: str | None = None
 ) -> Iterator[Prometheus]:
-    """Start ``prometheus`` on a free loopback port scraping ``targets`` (``host:port``)."""
+    """Start ``prometheus`` on a free loopback port scraping ``targets`` (``host:port``).
+
+    ``remote_write``: a URL every scraped sample is also sent to, flushed within a second.
+    """
     binary = require_binary("prometheus")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="prom-") as workdir:
         config = Path(workdir, "prometheus.yml")
-        config.write_text(
+        text = (
             "global:\n"
             f"  scrape_interval: {scrape_interval}\n"
             f"  evaluation_interval: {scrape_interval}\n"
@@ -128,34 +156,36 @@ def run_prometheus(
             "    static_configs:\n"
             f"      - targets: {json.dumps(targets)}\n"
         )
-        log = Path(workdir, "prometheus.log")
-        with log.open("wb") as log_file:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={workdir}/data",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--web.enable-lifecycle",
-                    "--enable-feature=exemplar-storage",
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        prometheus = Prometheus(f"http://127.0.0.1:{port}", process, log)
-        try:
-            wait_until(lambda: http_get(f"{prometheus.url}/-/ready")[0] == 200, 30, "Prometheus to be ready")
+        if remote_write:
+            # The default deadline (5 s) would leave the last samples unsent for seconds.
+            text += f"remote_write:\n  - url: {remote_write}\n    queue_config:\n      batch_send_deadline: 500ms\n"
+        config.write_text(text)
+        command = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir}/data",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle",
+            "--enable-feature=exemplar-storage",
+        ]
+        with _serving("Prometheus", command, port, workdir, "/-/ready") as prometheus:
             yield prometheus
-        except BaseException:
-            print(log.read_text(errors="replace")[-3000:])
-            raise
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+
+
+@contextmanager
+def run_victoria_metrics() -> Iterator[Prometheus]:
+    """Start Debian's single-node ``victoria-metrics`` on a free loopback port (Prometheus query API).
+
+    It takes remote write at ``url + "/api/v1/write"``. Samples are visible to queries at once
+    (the default hides the last 30 s) and no response is cached, so a test reads what was written.
+    """
+    binary = require_binary("victoria-metrics", package="victoria-metrics")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="vm-") as workdir:
+        flags = [f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={workdir}/data"]
+        flags += ["-search.latencyOffset=0s", "-search.disableCache"]
+        with _serving("VictoriaMetrics", [binary, *flags], port, workdir, "/health") as victoria:
+            yield victoria
 
 
 def promtool_check_metrics(exposition: bytes) -> subprocess.CompletedProcess[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +63,10 @@ def otlp_receiver(request_type: type, response_type: type) -> Iterator[tuple[Rec
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             request = request_type()
-            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":  # a collector forwarding (rotel always gzips)
+                body = gzip.decompress(body)
+            request.ParseFromString(body)
             with received.lock:
                 received.paths.append(self.path)
                 received.requests.append(request)

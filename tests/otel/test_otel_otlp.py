@@ -50,6 +50,11 @@ def test_otlp_exporter_posts_the_server_span(receiver, monkeypatch):
         provider.shutdown()
 
     assert received.paths == ["/v1/traces"]
+    assert_order_span(received)
+
+
+def assert_order_span(received: Received) -> None:
+    """The one span received is the server span of ``GET /orders/12?full=1`` of service "shop"."""
     ((resource, span),) = received.spans()
     assert resource["service.name"] == "shop"
     assert span.name == "GET /orders/<int:order_id>"
