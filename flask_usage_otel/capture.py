@@ -163,12 +163,12 @@ def capture(state: RequestState) -> CapturedRequest:
     # None or an empty dict (most requests' track_var, every rule without variables) is kept as
     # it is; a mapping with items is copied, so later changes by the app are not seen.
     if view_args or track_var or not (type(view_args) in _EMPTY_KINDS and type(track_var) in _EMPTY_KINDS):
-        budget = _Budget()
+        budget = [MAX_ITEMS, 0]  # items left, bytes: a list, the cheapest thing to make and update
         if view_args is not None:
             view_args = _plain_mapping(view_args, budget)
         if track_var is not None:
             track_var = _plain_mapping(track_var, budget)
-        size += budget.nbytes
+        size += budget[1]
     return _new_captured(
         CapturedRequest,
         (
@@ -189,7 +189,7 @@ def capture(state: RequestState) -> CapturedRequest:
             state.authorization,
             state.secrets,
             size,
-            *values,  # type: ignore[misc]
+            values,
         ),
     )
 
@@ -200,23 +200,18 @@ def plain(value: Any) -> Any:
     Other values become their ``str()`` (a date, a UUID, a Decimal, a model object).
     :raises Unserialisable: deeper than ``MAX_DEPTH``, more than ``MAX_ITEMS`` items, or ``str()`` failed.
     """
-    return _plain(value, MAX_DEPTH, _Budget())
+    return _plain(value, MAX_DEPTH, [MAX_ITEMS, 0])
 
 
-class _Budget:
-    """What the values copied so far cost: items left before ``MAX_ITEMS``, and bytes."""
+Budget = list[int]
+"""What the values copied so far cost: ``[items left before MAX_ITEMS, bytes]``."""
 
-    __slots__ = ("items", "nbytes")
 
-    def __init__(self) -> None:
-        self.items = MAX_ITEMS
-        self.nbytes = 0
-
-    def take(self, count: int, characters: int) -> None:
-        self.items -= count
-        if self.items < 0:
-            raise Unserialisable(f"more than {MAX_ITEMS} values")
-        self.nbytes += count * VALUE_OVERHEAD_BYTES + characters
+def _take(budget: Budget, count: int, characters: int) -> None:
+    budget[0] -= count
+    if budget[0] < 0:
+        raise Unserialisable(f"more than {MAX_ITEMS} values")
+    budget[1] += count * VALUE_OVERHEAD_BYTES + characters
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -225,7 +220,7 @@ _FLAT_FAST_PATH = 64  # most keys of a flat dict checked by the fast path
 _EMPTY_KINDS = frozenset((dict, type(None)))  # an empty value of these kinds is kept as it is
 
 
-def _plain_mapping(value: Any, budget: _Budget) -> dict[str, Any] | None:
+def _plain_mapping(value: Any, budget: Budget) -> dict[str, Any] | None:
     if value is None:
         return None
     if type(value) is dict:
@@ -239,18 +234,21 @@ def _plain_mapping(value: Any, budget: _Budget) -> dict[str, Any] | None:
                     break
                 characters += len(key) + (len(item) if kind is str else 0)
             else:  # flat, plain already: a copy, so later changes by the app are not seen
-                budget.take(len(value) + 1, characters)
-                return dict(value)
+                # At most 64 items: the item bound cannot be passed here, only counted.
+                count = len(value) + 1
+                budget[0] -= count
+                budget[1] += count * VALUE_OVERHEAD_BYTES + characters
+                return value.copy()  # a method call: cheaper than calling dict()
     converted = _plain(value, MAX_DEPTH, budget)
     return converted if isinstance(converted, dict) else {"value": converted}
 
 
-def _plain(value: Any, depth: int, budget: _Budget) -> Any:
+def _plain(value: Any, depth: int, budget: Budget) -> Any:
     kind = type(value)
     if kind in _SCALARS:
-        budget.take(1, len(value) if kind is str else 0)
+        _take(budget, 1, len(value) if kind is str else 0)
         return value
-    budget.take(1, 0)
+    _take(budget, 1, 0)
     if depth <= 0:
         raise Unserialisable(f"nested deeper than {MAX_DEPTH} levels")
     if kind is dict or kind is list or kind is tuple:
@@ -261,7 +259,7 @@ def _plain(value: Any, depth: int, budget: _Budget) -> Any:
         return float(value)
     elif isinstance(value, str) or not isinstance(value, dict | list | tuple | set | frozenset):
         text = _text(value)  # a str subclass (Markup), a date, a UUID, bytes, a model object
-        budget.take(0, len(text))  # type: ignore[arg-type]
+        _take(budget, 0, len(text))  # type: ignore[arg-type]
         return text
     if isinstance(value, dict):
         out: dict[str, Any] = {}
@@ -272,7 +270,7 @@ def _plain(value: Any, depth: int, budget: _Budget) -> Any:
         for key, item in items:
             if type(key) is not str:
                 key = _text(key)
-            budget.take(0, len(key))  # type: ignore[arg-type]
+            _take(budget, 0, len(key))  # type: ignore[arg-type]
             out[key] = _plain(item, depth - 1, budget)  # type: ignore[index]
         return out
     try:

@@ -139,6 +139,25 @@ class PrometheusCells:
         return observe
 
     @staticmethod
+    def histograms_observer(first: Any, second: Any) -> Callable[[float, float], None]:
+        first_sum, second_sum = first._sum.inc, second._sum.inc
+        first_buckets = tuple(bucket.inc for bucket in first._buckets)
+        second_buckets = tuple(bucket.inc for bucket in second._buckets)
+        first_bounds, second_bounds = tuple(first._upper_bounds), tuple(second._upper_bounds)
+        same_bounds = first_bounds == second_bounds
+
+        def observe(first_amount: float, second_amount: float) -> None:
+            first_sum(first_amount)
+            second_sum(second_amount)
+            index = bisect_left(first_bounds, first_amount)
+            first_buckets[index](1)
+            if not (same_bounds and second_amount == first_amount):  # else the same bucket: one search
+                index = bisect_left(second_bounds, second_amount)
+            second_buckets[index](1)
+
+        return observe
+
+    @staticmethod
     def histogram_exemplar_observer(child: Any) -> ExemplarAdder:
         sum_inc = child._sum.inc
         buckets = tuple(child._buckets)
@@ -166,6 +185,15 @@ class PrometheusPublic:
     counter_adder = staticmethod(lambda child: child.inc)
     counter_exemplar_adder = staticmethod(lambda child: _with_exemplar(child.inc))
     histogram_observer = staticmethod(lambda child: child.observe)
+
+    @staticmethod
+    def histograms_observer(first: Any, second: Any) -> Callable[[float, float], None]:
+        def observe(first_amount: float, second_amount: float) -> None:
+            first.observe(first_amount)
+            second.observe(second_amount)
+
+        return observe
+
     histogram_exemplar_observer = staticmethod(lambda child: _with_exemplar(child.observe))
 
 
@@ -184,17 +212,21 @@ def check_prometheus_cells(fast: type[PrometheusCells] = PrometheusCells) -> Non
     counter = Counter("check", "check", ["way"], registry=registry)
     gauge = Gauge("check_gauge", "check", ["way"], registry=registry)
     histogram = Histogram("check_seconds", "check", ["way"], buckets=_CHECK_BOUNDS, registry=registry)
+    second = Histogram("check_second_seconds", "check", ["way"], buckets=_CHECK_BOUNDS, registry=registry)
     labels = {"trace_id": "a" * 32, "span_id": "b" * 16}
     for way in (fast, PrometheusPublic):
         add, gauge_add = way.counter_adder(counter.labels(way.__name__)), way.counter_adder(gauge.labels(way.__name__))
         add_exemplar = way.counter_exemplar_adder(counter.labels(way.__name__))
         observe = way.histogram_observer(histogram.labels(way.__name__))
         observe_exemplar = way.histogram_exemplar_observer(histogram.labels(way.__name__))
+        observe_both = way.histograms_observer(histogram.labels(way.__name__), second.labels(way.__name__))
         for amount in _CHECK_AMOUNTS:
             add(1)
             gauge_add(1)
             gauge_add(-0.5)
             observe(amount)
+            observe_both(amount, amount)
+            observe_both(amount, amount / 3)
             add_exemplar(1, labels, 1.0)
             observe_exemplar(amount / 2, labels, 1.0)
     seen: dict[str, list[tuple[object, ...]]] = {fast.__name__: [], PrometheusPublic.__name__: []}
@@ -284,6 +316,13 @@ def counter_exemplar_adder(child: Any) -> ExemplarAdder:
 def histogram_observer(child: Any) -> Adder:
     """``observe(amount)`` for a labelled ``Histogram`` child."""
     return _prometheus.histogram_observer(child)
+
+
+def histograms_observer(first: Any, second: Any) -> Callable[[float, float], None]:
+    """``observe(a, b)``: ``a`` into one labelled ``Histogram`` child and ``b`` into another, with one
+    bucket search when both have the same buckets and ``a == b`` (a request's duration and its time
+    to first byte, equal for every body already in memory)."""
+    return _prometheus.histograms_observer(first, second)
 
 
 def histogram_exemplar_observer(child: Any) -> ExemplarAdder:

@@ -129,7 +129,7 @@ ENVIRON_KEYS = (
     "HTTP_ACCEPT_LANGUAGE",
     "SERVER_PROTOCOL",
 )
-"""The WSGI environ values a record is made of, in ``CapturedRequest`` order (its last fields).
+"""The WSGI environ values a record is made of, in ``CapturedRequest.environ``.
 
 ``HTTP_AUTHORIZATION`` is deliberately not among them: only its presence is kept.
 """
@@ -160,19 +160,9 @@ class CapturedRequest(NamedTuple):
     """(name, value) of the secret URL variables (``TRACK_USAGE_REDACT_VIEW_ARGS``), redacted in the record."""
     size: int
     """Bytes this value holds, measured from its contents: what the writer's byte bound counts."""
-    scheme: str | None
-    http_host: str | None
-    server_name: str | None
-    server_port: str | None
-    script_name: str | None
-    path_info: str | None
-    query_string: str | None
-    content_length: str | None
-    remote_addr: str | None
-    xforwardedfor: str | None
-    user_agent: str | None
-    accept_language: str | None
-    protocol: str | None
+    environ: tuple[str | None, ...]
+    """The raw WSGI environ values of ``ENVIRON_KEYS``, in that order (one field: copying them out of
+    the environ is one C call, and so is carrying them)."""
 
 
 def build_record(context: RecordContext, captured: CapturedRequest) -> UsageRecord:
@@ -199,6 +189,9 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
         authorization,
         secrets,
         _size,
+        environ,
+    ) = captured
+    (
         scheme,
         http_host,
         server_name,
@@ -212,8 +205,8 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
         user_agent,
         accept_language,
         protocol,
-    ) = captured
-    if not "".join(filter(None, captured[_ENVIRON_START:])).isascii():
+    ) = environ
+    if not "".join(filter(None, environ)).isascii():
         # The client's text, decoded from WSGI's latin-1 as the UTF-8 it sent (only when one is not ASCII).
         http_host, script_name, path_info, query_string, xforwardedfor, user_agent, accept_language = map(
             _wsgi_text, (http_host, script_name, path_info, query_string, xforwardedfor, user_agent, accept_language)
@@ -270,7 +263,6 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
 
 
 _new_record = tuple.__new__  # the record from a ready tuple of its fields, in one C call
-_ENVIRON_START = CapturedRequest._fields.index("scheme")  # where its environ values (ENVIRON_KEYS) start
 
 
 def _without_secrets(

@@ -19,6 +19,7 @@ from ..internals import (
     counter_exemplar_adder,
     histogram_exemplar_observer,
     histogram_observer,
+    histograms_observer,
 )
 from ..record import OTHER
 from ..sinks import RequestState, Sink
@@ -31,19 +32,17 @@ class _Series:
     __slots__ = (
         "count",
         "count_exemplar",
-        "observe_duration",
         "observe_duration_exemplar",
-        "observe_first_byte",
         "observe_first_byte_exemplar",
         "observe_size",
+        "observe_timings",
     )
 
     def __init__(self, requests: Any, duration: Any, first_byte: Any, size: Any) -> None:
         self.count: Adder = counter_adder(requests)
         self.count_exemplar: ExemplarAdder = counter_exemplar_adder(requests)
-        self.observe_duration: Adder = histogram_observer(duration)
+        self.observe_timings = histograms_observer(duration, first_byte)  # (duration, time to first byte)
         self.observe_duration_exemplar: ExemplarAdder = histogram_exemplar_observer(duration)
-        self.observe_first_byte: Adder = histogram_observer(first_byte)
         self.observe_first_byte_exemplar: ExemplarAdder = histogram_exemplar_observer(first_byte)
         self.observe_size: Adder = histogram_observer(size)
 
@@ -86,8 +85,7 @@ class PrometheusSink(Sink):
             series.observe_first_byte_exemplar(state.first_byte, labels, now)
         else:
             series.count(1)
-            series.observe_duration(speed)
-            series.observe_first_byte(state.first_byte)
+            series.observe_timings(speed, state.first_byte)
         size = state.response_size
         if size is not None:
             series.observe_size(size)
