@@ -1,43 +1,12 @@
 """Other libraries' private internals, all in this one module, each checked once against the public API.
 
-Every fast path below reads something a library does not promise to keep. Each is chosen once,
-when this module is imported, by a self-check that runs it beside the library's public API on
-throwaway objects and compares what comes out. When the check fails (an attribute renamed, a
-behaviour changed), the public API is used instead and one WARNING on the ``flask_usage_otel``
-logger names the internal and the library's version. The rest of the package calls only the
-functions here.
-
-- prometheus_client's value cells (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``, the
-  cells' ``inc`` and ``set_exemplar``): :func:`counter_adder`, :func:`counter_exemplar_adder`,
-  :func:`histogram_observer`, :func:`histogram_exemplar_observer`. Fallback: ``Counter.inc``,
-  ``Gauge.inc``, ``Histogram.observe``.
-- prometheus_client's multiprocess files (``mmap_dict.MmapedDict``): :func:`metric_file_items`,
-  :func:`write_metric_file`, allowed by :func:`metric_files_foldable`. Checked on first use (the
-  check writes files). Fallback: dead workers' files are not compacted, which scrapes add up
-  exactly the same, only slower as files accumulate.
-- prometheus_client's value store choice (``values.ValueClass``, ``MutexValue``,
-  ``get_value_class``): :func:`single_process_values`, :func:`choose_value_class_again`.
-  Fallback: unknown (``None``, the misconfiguration is not detected) and
-  ``importlib.reload(prometheus_client.values)``, which chooses again as its import did.
-- Werkzeug's ``ClosingIterator._callbacks``: :func:`closing_iterator_callbacks`. Fallback: no
-  callbacks known, so a body is never taken as in memory: it is streamed and counted as it passes.
-- json's C encoder (``json.encoder.c_make_encoder``): :func:`compact_json`. Fallback:
-  ``JSONEncoder.encode``.
-
-In multiprocess mode the Prometheus check cannot count into throwaway metrics (their values
-would be written to the shared directory and show in every scrape): it checks the structure
-only, and the full comparison runs in every single-process run (tests, CI, most apps).
-
-Known exceptions, left where they are: Flask-Login's ``g._login_user`` (``request_details.py``),
-read from ``g.__dict__`` with a default because asking ``current_user`` would run the app's user
-loader, and a missing attribute already means "no user"; the OpenTelemetry SDK's ``_logs``
-modules (``otel_logs.py``), the SDK's only logs API, imported lazily and pinned by the SDK
-version. Also the SQLAlchemy pool hooks ``_do_get``/``_do_return_conn`` that
-``storage/engine.py`` overrides (every SQLAlchemy pool implements them; a rename would leave the
-override unused, its lock not taken, and nothing here checks that) and PyMySQL's ``_sock`` in
-``storage/deadline.py`` (read with a default; without it a stuck statement is cut by the server's
-own timeout instead). Public despite the underscore: Werkzeug's ``LocalProxy._get_current_object``,
-SQLAlchemy's ``Row._mapping``, ``sys._getframe`` and ``os._exit``.
+Each fast path here reads something a library does not promise to keep, and is chosen once (when
+this module is imported; the multiprocess files' at first use) by a self-check that runs it beside
+the library's public API on throwaway objects. When the check fails, the public API is used instead
+and one WARNING on the ``flask_usage_otel`` logger names the internal and the library's version.
+The rest of the package calls only the functions here. docs/development.md ("Other libraries'
+internals") lists each internal, its check and fallback, and the known exceptions left where they
+are; ``tests/test_internals.py`` breaks each one and shows the fallback does exactly the same.
 """
 
 from __future__ import annotations
@@ -319,9 +288,7 @@ def histogram_observer(child: Any) -> Adder:
 
 
 def histograms_observer(first: Any, second: Any) -> Callable[[float, float], None]:
-    """``observe(a, b)``: ``a`` into one labelled ``Histogram`` child and ``b`` into another, with one
-    bucket search when both have the same buckets and ``a == b`` (a request's duration and its time
-    to first byte, equal for every body already in memory)."""
+    """``observe(a, b)`` into two ``Histogram`` children; one bucket search when they share buckets and ``a == b``."""
     return _prometheus.histograms_observer(first, second)
 
 

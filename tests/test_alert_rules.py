@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from flask_usage_otel import TrackUsage
+from flask_usage_otel import SQLStorage, TrackUsage
 from flask_usage_otel.config import DEFAULT_BUCKETS
 from tests.integration.servers import require_binary
 
@@ -48,14 +48,15 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def exposed_names() -> set[str]:
-    """Every sample name on the /metrics page of a real tracked app that has served a request."""
+    """Every sample name on the /metrics page of a real tracked app with a storage that has served a request."""
     app = Flask("alerts")
+    app.config["TRACK_USAGE_SYNC_WRITES"] = True
 
     @app.get("/")
     def index() -> str:
         return "ok"
 
-    TrackUsage(app, registry=CollectorRegistry())
+    TrackUsage(app, SQLStorage("sqlite://"), registry=CollectorRegistry())
     client = app.test_client()
     assert client.get("/").status_code == 200
     page = client.get("/metrics").get_data(as_text=True)

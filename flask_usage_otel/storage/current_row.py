@@ -40,6 +40,7 @@ CURRENT_ROW_COLUMNS: tuple[str, ...] = (
     "exception",
     "trace_id",
     "span_id",
+    "synthetic_type",
     "url",
     "ua_browser",
     "ua_platform",
@@ -71,6 +72,7 @@ _PROTOCOL = COLUMN_WIDTHS["protocol"]
 _EXCEPTION = COLUMN_WIDTHS["exception"]
 _TRACE_ID = COLUMN_WIDTHS["trace_id"]
 _SPAN_ID = COLUMN_WIDTHS["span_id"]
+_SYNTHETIC_TYPE = COLUMN_WIDTHS["synthetic_type"]
 _URL = COLUMN_WIDTHS["url"]
 _UA_VERSION = COLUMN_WIDTHS["ua_version"]
 _VIEW_ARGS = COLUMN_WIDTHS["view_args"]
@@ -78,7 +80,7 @@ _IP_INFO = COLUMN_WIDTHS["ip_info"]
 _TRACK_VAR = COLUMN_WIDTHS["track_var"]
 _INT = COLUMN_LIMITS["status"]
 _BIG = COLUMN_LIMITS["content_length"]
-_TEXT_WIDTHS = tuple(COLUMN_WIDTHS[c] for c in CURRENT_ROW_COLUMNS[:19])  # the text columns' widths, in order
+_TEXT_WIDTHS = tuple(COLUMN_WIDTHS[c] for c in CURRENT_ROW_COLUMNS[:20])  # the text columns' widths, in order
 
 
 def current_row(
@@ -118,6 +120,7 @@ def current_row(
         trace_id,
         span_id,
         ip_info,
+        synthetic_type,
     ) = record
     url = values_url(scheme, host, script_root, path, query_string)
     ua = parse_user_agent(user_agent)  # cached: one parse per distinct header
@@ -136,6 +139,7 @@ def current_row(
         exception,
         trace_id,
         span_id,
+        synthetic_type,
         url,
         ua.browser,
         ua.platform,
@@ -167,11 +171,14 @@ def current_row(
             exception if exception is None or len(exception) <= _EXCEPTION else exception[:_EXCEPTION],
             trace_id if trace_id is None or len(trace_id) <= _TRACE_ID else trace_id[:_TRACE_ID],
             span_id if span_id is None or len(span_id) <= _SPAN_ID else span_id[:_SPAN_ID],
+            synthetic_type
+            if synthetic_type is None or len(synthetic_type) <= _SYNTHETIC_TYPE
+            else synthetic_type[:_SYNTHETIC_TYPE],
             url if url is None or len(url) <= _URL else url[:_URL],
-            texts[15],
             texts[16],
-            texts[17] if texts[17] is None or len(texts[17]) <= _UA_VERSION else texts[17][:_UA_VERSION],
-            texts[18],
+            texts[17],
+            texts[18] if texts[18] is None or len(texts[18]) <= _UA_VERSION else texts[18][:_UA_VERSION],
+            texts[19],
         )
     else:
         texts = tuple(map(clean_text, texts, _TEXT_WIDTHS))
