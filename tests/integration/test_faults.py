@@ -78,6 +78,11 @@ def storage_counters(server: Gunicorn) -> dict[str, float]:
     return {name: value for (name, _labels), value in samples.items() if name.startswith("flask_usage_storage_")}
 
 
+def queued_rows(server: Gunicorn) -> float:
+    _, samples = scrape(server.base_url)
+    return sum(value for (name, _labels), value in samples.items() if name == "flask_usage_storage_queue_rows")
+
+
 def libpq_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
@@ -98,7 +103,10 @@ def test_postgres_unreachable_mid_load_loses_no_request_and_counts_every_row(tmp
                 proxy.mode = "pass"
             restarted_at = load.count()
             served_while_down = restarted_at - stopped_at
-            load.wait_for(restarted_at + 150)
+            # Each writer retries after its backoff (up to 15 s): wait until no queue is full any more (a
+            # stuck worker's holds 60), so the requests after that are written too, whatever the backoff was.
+            wait_until(lambda: queued_rows(server) < 40, 30, "the writers to drain their queues")
+            load.wait_for(load.count() + 150)
         counters = storage_counters(server)
         assert server.stop() == 0  # SIGTERM: every worker writes out its queue
     sent = [s.n for s in load.sent]
