@@ -63,12 +63,6 @@ RECORD_FIELDS: tuple[RecordField, ...] = (
     RecordField("trace_id", str | None, optional=True),
     RecordField("span_id", str | None, optional=True),
     RecordField("ip_info", Mapping[str, Any] | None, optional=True),
-    RecordField(
-        "synthetic_type",
-        str | None,
-        "``bot`` (a crawler) or ``test`` (a probe or health check), from the ``User-Agent``; None for the rest.",
-        optional=True,
-    ),
 )
 """Every field of a ``UsageRecord``, in order; names follow Flask-Track-Usage's where it had one."""
 
@@ -163,7 +157,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("exception", Kind.TEXT, 255, None, "exception", export_rank=24),
     Column("trace_id", Kind.TEXT, 32, None, "trace_id", export_rank=25),
     Column("span_id", Kind.TEXT, 16, None, "span_id", export_rank=26),
-    Column("synthetic_type", Kind.TEXT, 8, None, "synthetic_type", export_rank=29),
+    Column("synthetic_type", Kind.TEXT, 8, None, "user_agent", export_rank=29),
 )
 """Every column of the usage table, in table order."""
 

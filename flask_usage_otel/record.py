@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from .columns import RECORD_FIELD_NAMES, RECORD_FIELDS
 from .privacy import REDACTED, redact_secrets
 from .request_text import first_language, full_url
-from .useragent import UserAgentInfo, parse_user_agent, synthetic_type
+from .useragent import UserAgentInfo, parse_user_agent
 
 if TYPE_CHECKING:
     from .geoip import GeoIP
@@ -84,6 +84,11 @@ class UsageRecord(_RecordFields):
         return parse_user_agent(self.user_agent)
 
     @property
+    def synthetic_type(self) -> str | None:
+        """``bot`` (a crawler) or ``test`` (a probe or health check), from the ``User-Agent``; None for the rest."""
+        return parse_user_agent(self.user_agent).synthetic
+
+    @property
     def language(self) -> str | None:
         """The client's preferred language: the first tag of ``Accept-Language``."""
         return first_language(self.accept_language)
@@ -100,6 +105,7 @@ class UsageRecord(_RecordFields):
             ua_browser=ua.browser,
             ua_platform=ua.platform,
             ua_version=ua.version,
+            synthetic_type=ua.synthetic,
         )
         return data
 
@@ -257,7 +263,6 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
             trace_id,
             span_id,
             ip_info,
-            synthetic_type(user_agent),  # cached per distinct header
         ),
     )
 

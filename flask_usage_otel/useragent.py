@@ -25,6 +25,8 @@ class UserAgentInfo(NamedTuple):
     browser: str | None
     platform: str | None
     version: str | None
+    synthetic: str | None = None
+    """``user_agent.synthetic.type``: ``test`` for a probe or health check, ``bot`` for a crawler."""
 
 
 _MAX_PARSED_LENGTH = 512  # longer strings are cut first: the regexes stay linear and cheap
@@ -156,4 +158,4 @@ def _parse(text: str) -> UserAgentInfo:
             browser, version = name, match.group(1)
             break
     platform = next((name for name, pattern in _PLATFORMS if pattern.search(text)), None)
-    return UserAgentInfo(browser, platform, version)
+    return UserAgentInfo(browser, platform, version, _synthetic(text))

@@ -40,12 +40,12 @@ CURRENT_ROW_COLUMNS: tuple[str, ...] = (
     "exception",
     "trace_id",
     "span_id",
-    "synthetic_type",
     "url",
     "ua_browser",
     "ua_platform",
     "ua_version",
     "ua_language",
+    "synthetic_type",
     "view_args",
     "ip_info",
     "track_var",
@@ -72,7 +72,6 @@ _PROTOCOL = COLUMN_WIDTHS["protocol"]
 _EXCEPTION = COLUMN_WIDTHS["exception"]
 _TRACE_ID = COLUMN_WIDTHS["trace_id"]
 _SPAN_ID = COLUMN_WIDTHS["span_id"]
-_SYNTHETIC_TYPE = COLUMN_WIDTHS["synthetic_type"]
 _URL = COLUMN_WIDTHS["url"]
 _UA_VERSION = COLUMN_WIDTHS["ua_version"]
 _VIEW_ARGS = COLUMN_WIDTHS["view_args"]
@@ -120,7 +119,6 @@ def current_row(
         trace_id,
         span_id,
         ip_info,
-        synthetic_type,
     ) = record
     url = values_url(scheme, host, script_root, path, query_string)
     ua = parse_user_agent(user_agent)  # cached: one parse per distinct header
@@ -139,12 +137,12 @@ def current_row(
         exception,
         trace_id,
         span_id,
-        synthetic_type,
         url,
         ua.browser,
         ua.platform,
         ua.version,
         language(accept_language),
+        ua.synthetic,
     )
     try:
         joined = "".join(filter(None, texts))
@@ -153,7 +151,7 @@ def current_row(
         plain_text = False
     if plain_text:
         # Each value is only compared with its column's width. The parsed browser and platform,
-        # the language tag, the trace and span ids are never longer than their columns.
+        # the language tag, the synthetic type, the trace and span ids are never longer than their columns.
         texts = (
             blueprint if blueprint is None or len(blueprint) <= _BLUEPRINT else blueprint[:_BLUEPRINT],
             remote_addr if remote_addr is None or len(remote_addr) <= _REMOTE_ADDR else remote_addr[:_REMOTE_ADDR],
@@ -171,13 +169,11 @@ def current_row(
             exception if exception is None or len(exception) <= _EXCEPTION else exception[:_EXCEPTION],
             trace_id if trace_id is None or len(trace_id) <= _TRACE_ID else trace_id[:_TRACE_ID],
             span_id if span_id is None or len(span_id) <= _SPAN_ID else span_id[:_SPAN_ID],
-            synthetic_type
-            if synthetic_type is None or len(synthetic_type) <= _SYNTHETIC_TYPE
-            else synthetic_type[:_SYNTHETIC_TYPE],
             url if url is None or len(url) <= _URL else url[:_URL],
+            texts[15],
             texts[16],
-            texts[17],
-            texts[18] if texts[18] is None or len(texts[18]) <= _UA_VERSION else texts[18][:_UA_VERSION],
+            texts[17] if texts[17] is None or len(texts[17]) <= _UA_VERSION else texts[17][:_UA_VERSION],
+            texts[18],
             texts[19],
         )
     else:

@@ -48,11 +48,12 @@ _LONGEST: dict[str, int] = {
     "ua_browser": LONGEST_NAME,  # names from useragent's fixed lists
     "ua_platform": LONGEST_NAME,
     "ua_language": 35,  # first_language refuses longer tags
+    "synthetic_type": 4,  # "bot" or "test"
     "trace_id": 32,  # hex, as formatted by the OTel sink
     "span_id": 16,
 }
 
-DERIVED_TEXT: tuple[str, ...] = ("url", "ua_browser", "ua_platform", "ua_version", "ua_language")
+DERIVED_TEXT: tuple[str, ...] = ("url", "ua_browser", "ua_platform", "ua_version", "ua_language", "synthetic_type")
 """Text columns computed from the record rather than copied from one of its fields (:func:`derived_text`)."""
 
 
@@ -65,6 +66,7 @@ def derived_text(record: UsageRecord) -> tuple[str | None, ...]:
         ua.platform,
         ua.version,
         language(record.accept_language),
+        ua.synthetic,
     )
 
 
