@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import request, request_finished
 
+from ..privacy import scrub_span_attributes
 from .attributes import SERVER_EXCEPTION_EVENT, exception_attributes
 from .headers import HeaderCapture
 
@@ -80,10 +81,13 @@ class SpanExtras:
     def wanted(env: OtelEnvironment, request_hook: Any, response_hook: Any) -> bool:
         return HeaderCapture.wanted(env) or request_hook is not None or response_hook is not None or env.exception_logs
 
-    def started(self, span: Any, environ: dict[str, Any]) -> None:
+    def started(self, state: RequestState, span: Any, environ: dict[str, Any]) -> None:
         """The request's span exists and has its attributes (``span`` is the SDK's span)."""
         if self.headers is not None and span.is_recording():
             attributes = self.headers.request(environ)
+            anonymizer = state.context.anonymizer
+            if attributes and anonymizer is not None:  # X-Forwarded-For and the like hold client addresses
+                attributes.update(scrub_span_attributes(attributes, environ, anonymizer, None))
             if attributes:
                 span.set_attributes(attributes)
         if self.request_hook is not None:

@@ -181,7 +181,7 @@ class OtelSink(Sink):
             self._start_span(state, environ, current_context)
         if self._extras is not None:
             span = state.span
-            self._extras.started(span.span if type(span) is _Borrowed else span, environ)
+            self._extras.started(state, span.span if type(span) is _Borrowed else span, environ)
 
     def teardown(self, state: RequestState) -> None:
         token = state.context_token

@@ -184,3 +184,20 @@ def test_a_raising_hook_costs_a_counted_error_never_the_response(which, caplog) 
     assert len(ours.get_finished_spans()) == 2  # the spans still end
     assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel"}) == 2
     assert "hook bug" in caplog.text
+
+
+def test_captured_forwarding_headers_are_anonymized_like_the_client_address(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "X-Forwarded-For,X-Request-Id")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = _app("anonymized")
+    app.config["TRACK_USAGE_ANONYMIZE_IP"] = "truncate"
+    TrackUsage(app, registry=CollectorRegistry(), tracer_provider=provider)
+    app.test_client().get("/page", headers={"X-Forwarded-For": "203.0.113.77, 10.1.2.3", "X-Request-Id": "r-1"})
+    headers = _headers(only_server_span(exporter))
+    assert headers["http.request.header.x-request-id"] == ["r-1"]
+    (forwarded,) = headers["http.request.header.x-forwarded-for"]
+    assert "203.0.113.77" not in forwarded
+    assert "10.1.2.3" not in forwarded
+    assert forwarded.startswith("203.0.113.0")
