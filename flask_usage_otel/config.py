@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .otel_env import NO_OTEL_VARIABLES, OtelEnvironment, read_otel_environment
 from .privacy import DEFAULT_REDACTED_QUERY_PARAMS, DEFAULT_REDACTED_VIEW_ARGS
 
 PREFIX = "TRACK_USAGE_"
@@ -122,6 +123,7 @@ class Settings:
     otel_metrics: bool | None = None
     otel_capture_user: bool = False
     otel_logs: bool = False
+    otel_env: OtelEnvironment = NO_OTEL_VARIABLES  # OpenTelemetry's own OTEL_* variables (otel_env.py)
 
 
 # key -> (Settings field, parser). Parsers raise ConfigError naming the key.
@@ -371,11 +373,11 @@ KNOWN_KEYS: frozenset[str] = frozenset(PREFIX + k for k in (*_KEYS, *_LEGACY_KEY
 
 
 def load_settings(config: Mapping[str, Any]) -> Settings:
-    """Validate every ``TRACK_USAGE_*`` key of a Flask config and return the settings.
+    """Validate every ``TRACK_USAGE_*`` key of a Flask config (and the ``OTEL_*`` variables) and return the settings.
 
     :param config: the app's ``app.config`` (any mapping).
     :raises ConfigError: a key has a value of the wrong type or out of range;
-        the message starts with the key's name.
+        the message starts with the key's name (or the variable's).
     """
     for suffix, message in _REMOVED_KEYS.items():
         if config.get(PREFIX + suffix) is not None:
@@ -387,10 +389,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
             values[field_name] = parse(key, config[key])
 
     if values.get("anonymize_ip") == "hash" and not values.get("anonymize_ip_key"):
-        raise ConfigError(
-            PREFIX + "ANONYMIZE_IP_KEY",
-            "is required when TRACK_USAGE_ANONYMIZE_IP is 'hash' (a secret key for the keyed hash)",
-        )
+        message = "is required when TRACK_USAGE_ANONYMIZE_IP is 'hash' (a secret key for the keyed hash)"
+        raise ConfigError(PREFIX + "ANONYMIZE_IP_KEY", message)
     defaults = Settings()
     if values.get("batch_size", defaults.batch_size) > values.get("queue_size", defaults.queue_size):
         raise ConfigError(PREFIX + "BATCH_SIZE", "must not be larger than TRACK_USAGE_QUEUE_SIZE")
@@ -400,7 +400,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         values["exclude_paths_re"] = re.compile("|".join(f"(?:{p})" for p in patterns))
 
     _warn_about_legacy_and_unknown_keys(config)
-    return Settings(**values)
+    return Settings(**values, otel_env=read_otel_environment(ConfigError))
 
 
 def _warn_about_legacy_and_unknown_keys(config: Mapping[str, Any]) -> None:

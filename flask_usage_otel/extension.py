@@ -50,8 +50,12 @@ class TrackUsage(LegacyTrackUsageNames):
         (default: the global ``REGISTRY``). Give each test its own to keep them apart.
     :param tracer_provider: OpenTelemetry tracer provider (default: the global one).
     :param meter_provider: OpenTelemetry meter provider (default: the global one).
-    :param logger_provider: OpenTelemetry logger provider for ``TRACK_USAGE_OTEL_LOGS``
-        (default: the global one when it is an SDK provider).
+    :param logger_provider: OpenTelemetry logger provider for ``TRACK_USAGE_OTEL_LOGS`` and the
+        exception log event (default: the global one when it is an SDK provider).
+    :param request_hook: ``request_hook(span, environ)``, called with each server span once it has
+        its attributes (opentelemetry-instrumentation-flask's signature).
+    :param response_hook: ``response_hook(span, status, response_headers)``, called with the status
+        line and headers the response starts with.
     """
 
     def __init__(
@@ -63,6 +67,8 @@ class TrackUsage(LegacyTrackUsageNames):
         tracer_provider: Any = None,
         meter_provider: Any = None,
         logger_provider: Any = None,
+        request_hook: Callable[[Any, dict[str, Any]], None] | None = None,
+        response_hook: Callable[[Any, str, list[tuple[str, str]]], None] | None = None,
         _fake_time: datetime | None = None,
     ) -> None:
         if _fake_time is not None:
@@ -73,6 +79,7 @@ class TrackUsage(LegacyTrackUsageNames):
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._logger_provider = logger_provider
+        self._hooks = {"request_hook": request_hook, "response_hook": response_hook}
         self._filter = RequestFilter()
         self._trackers: weakref.WeakKeyDictionary[Flask, RequestTracker] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -121,7 +128,9 @@ class TrackUsage(LegacyTrackUsageNames):
             from .otel import create_otel_sink
 
             # First: its start sets the trace ids the other sinks' observations carry.
-            otel_sink = create_otel_sink(app, settings, self._tracer_provider, self._meter_provider)
+            otel_sink = create_otel_sink(
+                app, settings, self._tracer_provider, self._meter_provider, self._logger_provider, **self._hooks
+            )
             if otel_sink is not None:
                 sinks.append(otel_sink)
         metrics = metrics_for(registry, settings) if settings.prometheus else None

@@ -110,6 +110,16 @@ def path_is_excluded(pattern: re.Pattern[str] | None, path: str) -> bool:
     return pattern is not None and pattern.fullmatch(path) is not None
 
 
+def url_is_excluded(pattern: re.Pattern[str], req: Any) -> bool:
+    """Whether ``OTEL_PYTHON_FLASK_EXCLUDED_URLS`` (or ``OTEL_PYTHON_EXCLUDED_URLS``) excludes the request.
+
+    The instrumentor's matching (``opentelemetry.util.http.ExcludeList.url_disabled``): the
+    patterns are searched anywhere in the full URL, ``request.url``, scheme, host and query included.
+    Called only when a variable is set: then it costs building ``request.url`` and one search.
+    """
+    return pattern.search(req.url) is not None
+
+
 def blueprint_of(endpoint: str | None) -> str | None:
     """The (innermost, dotted) blueprint name of an endpoint, as ``request.blueprint`` gives it."""
     if endpoint is None or "." not in endpoint:

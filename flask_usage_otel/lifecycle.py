@@ -35,9 +35,9 @@ from flask import g, got_request_exception, request
 
 from .capture import RequestState, Unserialisable, capture
 from .exchange import Exchange, declared_length, in_memory, status_code
-from .filters import RequestFilter, blueprint_of, path_is_excluded
+from .filters import RequestFilter, blueprint_of, path_is_excluded, url_is_excluded
 from .privacy import secret_arguments
-from .record import OTHER, STANDARD_METHODS, UNMATCHED_ROUTE, RecordContext
+from .record import OTHER, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
 from .sinks import Sink, overrides
 from .useragent import synthetic_type
@@ -83,6 +83,8 @@ class RequestTracker:
         self._teardowners = [s for s in self.sinks if overrides(s, "teardown")]
         self._finishers = [s for s in self.sinks if overrides(s, "finish")]
         self._exclude_re = self.settings.exclude_paths_re
+        self._excluded_urls = self.settings.otel_env.excluded_urls  # OTEL_PYTHON_[FLASK_]EXCLUDED_URLS
+        self._known_methods = self.settings.otel_env.known_methods  # OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS
         self._exclude_synthetic = self.settings.exclude_synthetic  # TRACK_USAGE_EXCLUDE_SYNTHETIC
         self._secret_names = frozenset(name.lower() for name in self.settings.redact_view_args)
         self._capture_user = self.settings.capture_user
@@ -279,6 +281,8 @@ class RequestTracker:
             info = self._decide(endpoint)
         if not info.tracked or (self._exclude_re is not None and path_is_excluded(self._exclude_re, req.path)):
             return
+        if self._excluded_urls is not None and url_is_excluded(self._excluded_urls, req):
+            return
         if self._exclude_synthetic and synthetic_type(req.environ.get("HTTP_USER_AGENT")) in self._exclude_synthetic:
             return  # a probe or a crawler the app asked not to track (cached per User-Agent)
         method = req.method
@@ -287,7 +291,7 @@ class RequestTracker:
             exchange.start,
             exchange.timestamp,
             method,
-            method if method in STANDARD_METHODS else OTHER,  # method_label(), without a call
+            method if method in self._known_methods else OTHER,  # method_label(), without a call
             endpoint,
             route,
             info.blueprint,

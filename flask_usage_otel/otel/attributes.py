@@ -19,6 +19,7 @@ builder. ``import flask_usage_otel.otel`` does not.
 from __future__ import annotations
 
 import json
+import traceback
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,18 @@ from opentelemetry.semconv._incubating.attributes.http_attributes import (
     HTTP_REQUEST_BODY_SIZE,
     HTTP_RESPONSE_BODY_SIZE,
 )
-from opentelemetry.semconv._incubating.attributes.user_agent_attributes import USER_AGENT_NAME, USER_AGENT_VERSION
+from opentelemetry.semconv._incubating.attributes.user_agent_attributes import (
+    USER_AGENT_NAME,
+    USER_AGENT_SYNTHETIC_TYPE,
+    USER_AGENT_VERSION,
+)
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.exception_attributes import (
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
+)
 from opentelemetry.semconv.attributes.http_attributes import (
     HTTP_REQUEST_METHOD,
     HTTP_REQUEST_METHOD_ORIGINAL,
@@ -43,7 +53,7 @@ from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_OR
 from werkzeug.urls import iri_to_uri
 
 from ..privacy import scrub_span_attributes
-from ..record import OTHER, method_label
+from ..record import OTHER, STANDARD_METHODS
 from ..request_text import first_language
 
 if TYPE_CHECKING:
@@ -59,6 +69,11 @@ FLASK_BLUEPRINT = "flask.blueprint"
 """Flask's own: the conventions have no framework attributes."""
 FLASK_USAGE = "flask_usage."
 """The prefix of the log record's fields that no convention names."""
+SERVER_EXCEPTION_EVENT = "http.server.request.exception"
+"""The conventions' HTTP server exception event (development status, so absent from opentelemetry-semconv)."""
+TIME_TO_FIRST_BYTE = "flask_usage.server.time_to_first_byte"
+"""Seconds to the first byte of the response body. The conventions define no such metric, and a
+name of theirs (``http.server.*``) is theirs to define: ours carries our prefix."""
 
 # -- values -------------------------------------------------------------------------------
 
@@ -182,19 +197,27 @@ def add_request_attributes(
     query: str | None,
     client: str | None,
     agent: str | None,
+    synthetic: str | None,
 ) -> dict[str, Any]:
     """Add the request's ``url.path``, ``url.query``, ``http.request.method_original``,
-    ``client.address`` and ``user_agent.original`` to ``attributes`` (values already redacted
-    and anonymized), and return it."""
+    ``client.address``, ``user_agent.original`` and ``user_agent.synthetic.type`` to
+    ``attributes`` (values already redacted and anonymized), and return it.
+
+    ``method`` is the method as the client sent it: when it differs from ``label`` (``_OTHER``, or
+    ``get`` sent for ``GET``: Flask treats methods case-insensitively), the conventions require
+    it as ``http.request.method_original``.
+    """
     attributes[URL_PATH] = path
     if query:
         attributes[URL_QUERY] = query
-    if label == OTHER:
+    if method != label:
         attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
     if client:
         attributes[CLIENT_ADDRESS] = client
     if agent:
         attributes[USER_AGENT_ORIGINAL] = agent
+        if synthetic is not None:
+            attributes[USER_AGENT_SYNTHETIC_TYPE] = synthetic
     return attributes
 
 
@@ -238,18 +261,18 @@ def scrub_foreign(state: RequestState, span: Any, environ: dict[str, Any], attri
 _language = lru_cache(maxsize=1024)(first_language)
 
 
-def record_attributes(record: UsageRecord) -> dict[str, Any]:
+def record_attributes(record: UsageRecord, known_methods: frozenset[str] = STANDARD_METHODS) -> dict[str, Any]:
     """A ``UsageRecord`` as log record attributes: the span's (same names, same values), the
     response body sizes, the parsed user agent, ``url.full``, and ``flask_usage.*`` for the
-    fields no convention names.
+    fields no convention names. ``known_methods``: ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``.
 
     The record keeps no WSGI server name: a request without a Host header has its
     ``record.host`` made of ``SERVER_NAME`` and ``SERVER_PORT`` already. Mappings
     (``view_args``, ``track_var``, ``ip_info``) are JSON text, as in the SQL table, so every
     attribute is a scalar a column store can keep in a string map.
     """
-    method = record.method
-    label = method_label(method)
+    method = record.method  # as Flask gives it, upper-cased: a lower-case original is not kept
+    label = method if method in known_methods else OTHER
     status = record.status
     attributes = endpoint_attributes(label, record.endpoint, record.route, record.blueprint)
     attributes.update(connection_attributes(record.host, record.scheme, record.protocol))
@@ -261,6 +284,7 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
         record.query_string,
         record.remote_addr,
         record.user_agent,
+        record.synthetic_type,
     )
     attributes[HTTP_RESPONSE_STATUS_CODE] = status
     error = error_type(record.exception, status)
@@ -292,4 +316,24 @@ def record_attributes(record: UsageRecord) -> dict[str, Any]:
     for key, value in (("view_args", record.view_args), ("track_var", record.track_var), ("ip_info", record.ip_info)):
         if value:
             attributes[FLASK_USAGE + key] = json.dumps(value, default=str)
+    return attributes
+
+
+# -- the exception event ----------------------------------------------------------------------------
+
+
+def exception_attributes(error: BaseException, label: str, route: str | None, status: int) -> dict[str, Any]:
+    """The ``http.server.request.exception`` log event's attributes: ``exception.*`` (the type
+    named as the SDK's ``record_exception`` names it), and the span's method, route and status."""
+    kind = type(error)
+    module = kind.__module__
+    attributes = {
+        EXCEPTION_TYPE: f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__,
+        EXCEPTION_MESSAGE: str(error),
+        EXCEPTION_STACKTRACE: "".join(traceback.format_exception(kind, error, error.__traceback__)),
+        HTTP_REQUEST_METHOD: label,
+        HTTP_RESPONSE_STATUS_CODE: status,
+    }
+    if route is not None:
+        attributes[HTTP_ROUTE] = route
     return attributes

@@ -33,7 +33,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError
-from ..record import UsageRecord
+from ..record import STANDARD_METHODS, UsageRecord
 from ..sinks import QueueingSink
 from ..writer import Observer
 
@@ -59,17 +59,18 @@ _SETTING = "TRACK_USAGE_OTEL_LOGS"
 # --- the record as attributes -----------------------------------------------------------
 
 
-def log_attributes(record: UsageRecord) -> dict[str, Any]:
+def log_attributes(record: UsageRecord, known_methods: frozenset[str] = STANDARD_METHODS) -> dict[str, Any]:
     """The record's fields as log record attributes: the span's HTTP attributes (same names from
     ``opentelemetry.semconv``, same values), plus ``flask_usage.*`` for fields no convention names.
 
     Mappings (``view_args``, ``track_var``, ``ip_info``) are JSON text, as in the SQL table,
-    so every attribute is a scalar a column store can keep in a string map.
+    so every attribute is a scalar a column store can keep in a string map. ``known_methods``:
+    the methods ``http.request.method`` may name (``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``).
     """
     # Imported here: the builder loads opentelemetry's semantic conventions, this module only the standard library.
     from .attributes import record_attributes
 
-    return record_attributes(record)
+    return record_attributes(record, known_methods)
 
 
 # --- the pipeline -----------------------------------------------------------------------
@@ -135,11 +136,14 @@ class _Full(Exception):
 class LogRecordTarget:
     """The writer's target: emits each record of a batch to the OTel logger."""
 
-    def __init__(self, otel_logger: Any, counter: CountingExporter | None) -> None:
+    def __init__(
+        self, otel_logger: Any, counter: CountingExporter | None, known_methods: frozenset[str] = STANDARD_METHODS
+    ) -> None:
         from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
         self._logger = otel_logger
         self._counter = counter
+        self._known_methods = known_methods
         self._span_context = SpanContext
         self._span = NonRecordingSpan
         self._in_context = set_span_in_context
@@ -176,7 +180,7 @@ class LogRecordTarget:
             "severity_number": self._info,
             "severity_text": "INFO",
             "body": f"{record.method} {record.route} {record.status}",
-            "attributes": log_attributes(record),
+            "attributes": log_attributes(record, self._known_methods),
             "event_name": EVENT_NAME,
         }
 
@@ -220,7 +224,7 @@ class OtelLogSink(QueueingSink):
         self._counter = counter
         self._provider = provider
         super().__init__(
-            LogRecordTarget(otel_logger, counter),
+            LogRecordTarget(otel_logger, counter, settings.otel_env.known_methods),
             context,
             settings,
             _DropObserver(dropped) if dropped is not None else None,
@@ -264,23 +268,14 @@ def create_log_sink(
     """
     try:
         from opentelemetry import _logs
-        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs import LoggerProvider  # noqa: F401
     except ImportError:
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
         raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
     from .._version import __version__
 
-    provider = logger_provider
-    if provider is None:
-        provider = _logs.get_logger_provider()
-        if not isinstance(provider, LoggerProvider):
-            raise ConfigError(
-                _SETTING,
-                "needs a logger provider: pass TrackUsage(logger_provider=flask_usage_otel.otel."
-                "build_logger_provider(...)), or set an SDK LoggerProvider globally (opentelemetry-instrument "
-                "with OTEL_LOGS_EXPORTER=otlp does) before init_app",
-            )
+    provider = sdk_logger_provider(logger_provider, _SETTING, "needs a logger provider")
     dropped = metrics.tracking_errors.labels("otel_logs") if metrics is not None else None
     counter = _pipelines.get(provider)
     if counter is not None and dropped is not None:
@@ -293,6 +288,27 @@ def create_log_sink(
         provider=provider,
         dropped=dropped,
     )
+
+
+def sdk_logger_provider(logger_provider: Any, setting: str, needs: str) -> Any:
+    """``logger_provider``, else the global provider when the app (or ``opentelemetry-instrument``) set an SDK one.
+
+    :raises ConfigError: neither; the message names ``setting`` and starts with ``needs``.
+    """
+    from opentelemetry import _logs
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    if logger_provider is not None:
+        return logger_provider
+    provider = _logs.get_logger_provider()
+    if not isinstance(provider, LoggerProvider):
+        raise ConfigError(
+            setting,
+            f"{needs}: pass TrackUsage(logger_provider=flask_usage_otel.otel.build_logger_provider(...)), or "
+            "set an SDK LoggerProvider globally (opentelemetry-instrument with OTEL_LOGS_EXPORTER=otlp does) "
+            "before init_app",
+        )
+    return provider
 
 
 _pipelines: weakref.WeakKeyDictionary[Any, CountingExporter] = weakref.WeakKeyDictionary()

@@ -46,6 +46,10 @@ def create_otel_sink(
     settings: Settings,
     tracer_provider: Any = None,
     meter_provider: Any = None,
+    logger_provider: Any = None,
+    *,
+    request_hook: Any = None,
+    response_hook: Any = None,
 ) -> OtelSink | None:
     """The app's OTel sink, or None when OpenTelemetry is off for it.
 
@@ -58,8 +62,13 @@ def create_otel_sink(
     Never sets a global provider. When spans would go nowhere because no provider is set
     up yet, it says so with an :class:`OpenTelemetryNotConfiguredWarning` naming what is missing.
 
+    ``request_hook``/``response_hook`` and the ``OTEL_*`` variables of header capture and of the
+    exception log event (``OTEL_SEMCONV_EXCEPTION_SIGNAL_OPT_IN``, which emits through
+    ``logger_provider``, else the global SDK one) are applied by :class:`~.extras.SpanExtras`.
+
     :raises ConfigError: ``TRACK_USAGE_OTEL`` (or ``TRACK_USAGE_OTEL_METRICS``) is True but
-        opentelemetry is not installed.
+        opentelemetry is not installed; ``OTEL_SEMCONV_EXCEPTION_SIGNAL_OPT_IN`` asks for logs
+        and there is no logger provider.
     """
     if settings.otel is False:
         return None
@@ -97,12 +106,29 @@ def create_otel_sink(
 
     from .sink import OtelSink  # imports opentelemetry's semantic conventions: only now that they are needed
 
+    extras = None
+    env = settings.otel_env
+    from .extras import SpanExtras
+
+    if SpanExtras.wanted(env, request_hook, response_hook):
+        otel_logger = _exception_logger(logger_provider) if env.exception_logs else None
+        extras = SpanExtras(app, env, request_hook=request_hook, response_hook=response_hook, otel_logger=otel_logger)
     return OtelSink(
         tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__),
         meter,
         capture_user=settings.otel_capture_user,
         duration_buckets=settings.buckets,
+        extras=extras,
     )
+
+
+def _exception_logger(logger_provider: Any) -> Any:
+    """The logger of ``http.server.request.exception`` events: the given provider's, else the global SDK one's."""
+    from ..otel_env import EXCEPTION_SIGNAL
+    from .logs import sdk_logger_provider
+
+    needs = "asks for exceptions as log events, which need a logger provider (or unset the variable)"
+    return sdk_logger_provider(logger_provider, EXCEPTION_SIGNAL, needs).get_logger(INSTRUMENTATION_NAME, __version__)
 
 
 def otel_metrics_enabled(settings: Settings) -> bool:

@@ -33,10 +33,12 @@ from ..capture import RequestState
 from ..config import DEFAULT_BUCKETS
 from ..privacy import redact_secrets
 from ..sinks import Sink
+from ..useragent import synthetic_type
 from .attributes import (
     ENDUSER_ID,
     ERROR_TYPE,
     HTTP_RESPONSE_STATUS_CODE,
+    TIME_TO_FIRST_BYTE,
     EndpointSpan,
     active_attributes,
     add_request_attributes,
@@ -51,6 +53,8 @@ from .attributes import (
 
 if TYPE_CHECKING:
     from flask import Response
+
+    from .extras import SpanExtras
 
 logger = logging.getLogger("flask_usage_otel.otel")
 
@@ -86,7 +90,9 @@ class OtelSink(Sink):
     :param capture_user: put the record's user id on the span as ``enduser.id``.
     :param owned_providers: providers this sink created and so flushes and shuts down.
     :param duration_buckets: the advisory bucket boundaries of ``http.server.request.duration``
-        (``TRACK_USAGE_BUCKETS``); a View configured on the meter provider still wins.
+        and ``flask_usage.server.time_to_first_byte`` (``TRACK_USAGE_BUCKETS``); a View configured
+        on the meter provider still wins.
+    :param extras: captured headers, the app's hooks and the exception log event, when asked for.
     """
 
     name = "otel"
@@ -99,6 +105,7 @@ class OtelSink(Sink):
         capture_user: bool = False,
         owned_providers: tuple[Any, ...] = (),
         duration_buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+        extras: SpanExtras | None = None,
     ) -> None:
         from opentelemetry import context, propagate, trace
         from opentelemetry.propagators.textmap import Getter
@@ -135,11 +142,20 @@ class OtelSink(Sink):
         self._duration: Any = None
         self._active: Any = None
         self._active_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self._extras = extras
+        self._span_events = extras is None or extras.span_events  # OTEL_SEMCONV_EXCEPTION_SIGNAL_OPT_IN
+        self._first_byte: Any = None
         if meter is not None:
             self._duration = meter.create_histogram(
                 HTTP_SERVER_REQUEST_DURATION,
                 unit="s",
                 description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=duration_buckets,
+            )
+            self._first_byte = meter.create_histogram(
+                TIME_TO_FIRST_BYTE,
+                unit="s",
+                description="Time from the start of an HTTP server request to the first byte of its response body.",
                 explicit_bucket_boundaries_advisory=duration_buckets,
             )
             self._active = meter.create_up_down_counter(
@@ -163,6 +179,9 @@ class OtelSink(Sink):
             self._borrow(state, current)
         else:
             self._start_span(state, environ, current_context)
+        if self._extras is not None:
+            span = state.span
+            self._extras.started(state, span.span if type(span) is _Borrowed else span, environ)
 
     def teardown(self, state: RequestState) -> None:
         token = state.context_token
@@ -185,11 +204,14 @@ class OtelSink(Sink):
         if self._duration is not None:
             self._record_metrics(state, span, status, error)
         if span is None:
+            if self._extras is not None:  # deferred: the instrumentor's span, if it made one
+                req = state.request
+                self._extras.finished(state, req.environ.get(_INSTRUMENTOR_SPAN) if req is not None else None)
             return
         borrowed = type(span) is _Borrowed
         if borrowed:
             span = span.span
-        if state.error is not None:
+        if state.error is not None and self._span_events:
             span.record_exception(state.error)
         if span.is_recording():
             user = state.username if self._capture_user else None
@@ -208,6 +230,8 @@ class OtelSink(Sink):
                 span.set_status(self._error)
         if not borrowed:
             span.end()
+        if self._extras is not None:
+            self._extras.finished(state, span)
 
     def flush(self, timeout: float | None = None) -> bool:
         millis = 30_000 if timeout is None else int(timeout * 1000)
@@ -351,14 +375,16 @@ class OtelSink(Sink):
         client = environ.get("REMOTE_ADDR")
         if client and context.anonymizer is not None:
             client = context.anonymizer.address(client)
+        agent = environ.get("HTTP_USER_AGENT")
         return add_request_attributes(
             shape.attributes.copy(),
-            state.method,
+            environ.get("REQUEST_METHOD") or state.method,  # as sent: `get` is http.request.method GET
             state.method_label,
             url_path,
             query,
             client,
-            environ.get("HTTP_USER_AGENT"),
+            agent,
+            synthetic_type(agent),  # cached per User-Agent
         )
 
     def _active_attrs(self, method_label: str, scheme: str) -> dict[str, str]:
@@ -380,6 +406,7 @@ class OtelSink(Sink):
             # The span is no longer current here: pass it, so the measurement can carry an exemplar.
             context = self._set_span_in_context(span.span if type(span) is _Borrowed else span)
         self._duration.record(state.speed, attributes, context)
+        self._first_byte.record(state.first_byte, attributes, context)
 
 
 def _set_ids(state: RequestState, span_context: Any) -> None:
