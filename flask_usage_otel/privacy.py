@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import unquote_plus
 
 _UNKNOWN = "unknown"
 _MAX_CHAIN_ENTRIES = 32  # a forwarded chain longer than this is cut: nobody has 32 proxies
@@ -199,16 +199,63 @@ def secret_arguments(arguments: Iterable[str], names: frozenset[str]) -> tuple[s
 
 
 def redact_secrets(text: str, secrets: Iterable[tuple[str, str]]) -> str:
-    """``text`` (a path, a URL) with the value of each secret (name, value) replaced by ``REDACTED``,
-    as sent and percent-encoded."""
+    """``text`` (a path, a URL) with the value of each secret (name, value) replaced by ``REDACTED``:
+    as it is and in every percent-encoded spelling (any characters encoded, in either case).
+
+    ``value`` is the decoded text the client sent (``"a+b="``); ``a%2bb%3D`` and ``a%2Bb=`` are
+    the same value in a raw request target (the instrumentor's ``http.target``) or a full URL.
+    """
     for _, secret in secrets:
-        for form in dict.fromkeys((secret, quote(secret, safe=_PATH_SAFE), quote(secret, safe=""))):
-            if form and form in text:
-                text = text.replace(form, REDACTED)
+        if not secret:
+            continue  # an empty value hides nothing and replaces nothing
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+        if "%" in text:
+            text = _redact_encoded(text, secret)
     return text
 
 
-_PATH_SAFE = "/:@!$&'()*+,;=~"  # what Werkzeug leaves unquoted in a URL's path
+def _redact_encoded(text: str, secret: str) -> str:
+    """``text`` with every run that percent-decodes (UTF-8) to ``secret`` replaced by ``REDACTED``."""
+    try:
+        wanted = secret.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no client can have sent it encoded
+        return text
+    # The decoded bytes of text, each with the span of text it came from.
+    decoded = bytearray()
+    starts: list[int] = []
+    ends: list[int] = []
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char == "%" and _is_hex(text[index + 1 : index + 3]):
+            decoded.append(int(text[index + 1 : index + 3], 16))
+            starts.append(index)
+            ends.append(index + 3)
+            index += 3
+            continue
+        encoded = char.encode("utf-8", "surrogatepass")
+        decoded += encoded
+        starts.extend([index] * len(encoded))
+        ends.extend([index + 1] * len(encoded))
+        index += 1
+    pieces: list[str] = []
+    done = 0  # text before this is in pieces
+    found = decoded.find(wanted)
+    while found != -1:
+        start, end = starts[found], ends[found + len(wanted) - 1]
+        if start >= done:
+            pieces += (text[done:start], REDACTED)
+            done = end
+        found = decoded.find(wanted, found + len(wanted))
+    return "".join(pieces) + text[done:] if pieces else text
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_hex(pair: str) -> bool:
+    return len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX
 
 
 class QueryRedactor:
