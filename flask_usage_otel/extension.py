@@ -289,6 +289,17 @@ class TrackUsage(LegacyTrackUsageNames):
         options: dict[str, Any] = {} if anonymizer is None else {"anonymizer": anonymizer}
         return sum(s.forget(username=username, remote_addr=remote_addr, **options) for s in storages)  # type: ignore[attr-defined]
 
+    def anonymizer_for(self, app: Flask) -> Anonymizer | None:
+        """The ``Anonymizer`` ``app``'s rows are written with (None: addresses as they are), which
+        erasure applies to an address; ``SQLStorage.forget`` asks for it.
+
+        :raises LookupError: ``app`` is not tracked by this object.
+        """
+        tracker = self._trackers.get(app)
+        if tracker is None:
+            raise LookupError(f"{app!r} is not tracked by this TrackUsage")
+        return tracker.record_context.anonymizer
+
     def storages(self) -> list[UsageStorage]:
         """The storages of the current app (inside an app context, or the only app)."""
         return list(self._tracker().storages)

@@ -36,9 +36,9 @@ from flask import g, got_request_exception, request
 from .capture import RequestState, Unserialisable, capture
 from .exchange import Exchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded, url_is_excluded
-from .privacy import secret_arguments
 from .record import OTHER, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
+from .secret_paths import SecretPaths, secret_paths
 from .sinks import Sink, overrides
 from .useragent import synthetic_type
 
@@ -61,8 +61,9 @@ _INTERNAL_ERROR = "500 INTERNAL SERVER ERROR"
 class _EndpointInfo:
     tracked: bool
     blueprint: str | None
-    secret_arguments: tuple[str, ...] = ()
-    """URL variables of the endpoint's rules whose values are redacted (``TRACK_USAGE_REDACT_VIEW_ARGS``)."""
+    secrets: SecretPaths | None = None
+    """Finds the values of the secret URL variables (``TRACK_USAGE_REDACT_VIEW_ARGS``) of the endpoint's
+    rules, or (for unmatched requests) of every rule; None when there are none."""
 
 
 @dataclass
@@ -297,8 +298,8 @@ class RequestTracker:
             info.blueprint,
             self.record_context,
         )
-        if info.secret_arguments:  # read before any of the app's own hooks can change them
-            state.secrets = _secret_values(info.secret_arguments, req.view_args)
+        if info.secrets is not None:  # read before any of the app's own hooks can change them
+            state.secrets = info.secrets.values(req.path, req.view_args)
         exchange.state = state
         for sink in self._starters:
             try:
@@ -405,26 +406,19 @@ class RequestTracker:
     def _decide(self, endpoint: str | None) -> _EndpointInfo:
         view = self._view_functions.get(endpoint) if endpoint is not None else None
         tracked = self.request_filter.decide(endpoint, view, self.settings.include_or_exclude_views, self._blueprints)
-        info = _EndpointInfo(tracked, blueprint_of(endpoint), self._secret_arguments_of(endpoint))
+        info = _EndpointInfo(tracked, blueprint_of(endpoint), self._secret_paths_of(endpoint) if tracked else None)
         self.endpoints[endpoint] = info
         return info
 
-    def _secret_arguments_of(self, endpoint: str | None) -> tuple[str, ...]:
-        """The secret URL variables of every rule of ``endpoint`` (Flask adds no rule once requests are served)."""
+    def _secret_paths_of(self, endpoint: str | None) -> SecretPaths | None:
+        """The secret URL variables of every rule of ``endpoint``; for unmatched requests (None), of
+        every rule of the app: a 405 or a redirect still carries a secret route's path.
+
+        Flask adds no rule once requests are served."""
         app = self._app_ref()
-        if not self._secret_names or endpoint is None or app is None:
-            return ()
-        try:
-            rules = list(app.url_map.iter_rules(endpoint))
-        except KeyError:  # an endpoint with no rule of the app's map
-            return ()
-        return secret_arguments({name for rule in rules for name in rule.arguments}, self._secret_names)
-
-
-def _secret_values(names: tuple[str, ...], view_args: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
-    """(name, value) of the secret URL variables the request has a value for."""
-    values = view_args or {}
-    return tuple((name, text) for name in names if (text := str(values.get(name, ""))))
+        if not self._secret_names or app is None:
+            return None
+        return secret_paths(app, endpoint, self._secret_names)
 
 
 def _note_error(state: RequestState, exc: BaseException) -> None:

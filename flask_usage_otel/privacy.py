@@ -6,8 +6,7 @@ IPv4 to its /24 (``192.0.2.0``), IPv6 to its /48 (``2001:db8:1::``), the same
 cut the major analytics tools make. ``"hash"`` replaces each address with a
 keyed hash (HMAC-SHA256 with ``TRACK_USAGE_ANONYMIZE_IP_KEY``), so one client's
 rows can still be grouped without the address being recoverable by anyone
-without the key. The same module turns an address into what its rows hold, for
-erasure (``stored_addresses``).
+without the key; both apply to the client (``client_ip``), whatever its spelling.
 
 Query strings: ``QueryRedactor`` replaces the values of secret parameters
 (``token``, ``password``, pre-signed URL signatures...) with ``REDACTED`` in rows,
@@ -24,7 +23,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import unquote_plus
 
 _UNKNOWN = "unknown"
 _MAX_CHAIN_ENTRIES = 32  # a forwarded chain longer than this is cut: nobody has 32 proxies
@@ -64,19 +63,38 @@ class Anonymizer:
         if not address:
             return address
         if self.mode == "hash":
-            digest = hmac.new(self._key, address.encode("utf-8", "surrogateescape"), hashlib.sha256)
+            # The client, not its spelling: one hash for 2001:DB8::1 and 2001:db8::1, for
+            # ::ffff:192.0.2.1 and 192.0.2.1, and for an X-Forwarded-For entry with a port.
+            ip = client_ip(address)
+            text = address if ip is None else str(ip)
+            digest = hmac.new(self._key, text.encode("utf-8", "surrogateescape"), hashlib.sha256)
             return "h:" + digest.hexdigest()[:32]
         return truncate_address(address)
 
 
+def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address in any spelling a server or proxy gives: ``2001:DB8::1``,
+    ``[2001:db8::1]:443``, ``198.51.100.23:51234`` (some gateways' ``X-Forwarded-For``),
+    ``fe80::1%eth0``, ``::ffff:192.0.2.1`` (its IPv4 address); None when it is not an address."""
+    text = address.strip()
+    if text.startswith("["):  # [IPv6] or [IPv6]:port
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # IPv4:port (an IPv6 address has at least two colons)
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def truncate_address(address: str) -> str:
     """IPv4 to its /24, IPv6 to its /48; anything that is not an address becomes ``unknown``."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = client_ip(address)
+    if ip is None:
         return _UNKNOWN
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 
@@ -86,50 +104,6 @@ def truncate_address(address: str) -> str:
 
 class ErasureRefused(ValueError):
     """An erasure request that cannot single out one person's rows, so nothing was deleted."""
-
-
-def address_forms(address: str) -> list[str]:
-    """The spellings a WSGI server may have given for one client address, the given one first.
-
-    ``2001:DB8::1`` and ``2001:db8::1`` are the same client, and so are ``::ffff:192.0.2.1``
-    and ``192.0.2.1`` (a dual-stack socket): rows were stored under whichever the server gave.
-    """
-    forms = [address]
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return forms
-    candidates = [str(ip)]
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        candidates.append(str(ip.ipv4_mapped))
-    elif isinstance(ip, ipaddress.IPv4Address):
-        candidates.append(f"::ffff:{ip}")
-    forms.extend(c for c in candidates if c not in forms)
-    return forms
-
-
-def stored_addresses(address: str, anonymizer: Anonymizer | None) -> list[str]:
-    """What the rows of ``address`` hold in ``remote_addr`` (and each ``xforwardedfor`` entry).
-
-    Applies the transformation the rows were written with: none, or the keyed hash.
-
-    :raises ErasureRefused: the rows keep truncated addresses (a /24 or /48 network that
-        other clients share), so no value singles this client out.
-    """
-    address = address.strip()
-    if not address:
-        raise ErasureRefused("remote_addr is empty")
-    if anonymizer is not None and anonymizer.mode == "truncate":
-        raise ErasureRefused(
-            "rows keep only truncated addresses (TRACK_USAGE_ANONYMIZE_IP = 'truncate'): "
-            f"{truncate_address(address)} is a network that other clients share, so erasing by address "
-            "would delete other people's rows; nothing was deleted. Erase by username instead: "
-            "the truncated address alone does not identify this person."
-        )
-    forms = address_forms(address)
-    if anonymizer is None:
-        return forms
-    return list(dict.fromkeys(a for a in map(anonymizer.address, forms) if a))
 
 
 # -- query strings ---------------------------------------------------------------------
@@ -199,16 +173,63 @@ def secret_arguments(arguments: Iterable[str], names: frozenset[str]) -> tuple[s
 
 
 def redact_secrets(text: str, secrets: Iterable[tuple[str, str]]) -> str:
-    """``text`` (a path, a URL) with the value of each secret (name, value) replaced by ``REDACTED``,
-    as sent and percent-encoded."""
+    """``text`` (a path, a URL) with the value of each secret (name, value) replaced by ``REDACTED``:
+    as it is and in every percent-encoded spelling (any characters encoded, in either case).
+
+    ``value`` is the decoded text the client sent (``"a+b="``); ``a%2bb%3D`` and ``a%2Bb=`` are
+    the same value in a raw request target (the instrumentor's ``http.target``) or a full URL.
+    """
     for _, secret in secrets:
-        for form in dict.fromkeys((secret, quote(secret, safe=_PATH_SAFE), quote(secret, safe=""))):
-            if form and form in text:
-                text = text.replace(form, REDACTED)
+        if not secret:
+            continue  # an empty value hides nothing and replaces nothing
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+        if "%" in text:
+            text = _redact_encoded(text, secret)
     return text
 
 
-_PATH_SAFE = "/:@!$&'()*+,;=~"  # what Werkzeug leaves unquoted in a URL's path
+def _redact_encoded(text: str, secret: str) -> str:
+    """``text`` with every run that percent-decodes (UTF-8) to ``secret`` replaced by ``REDACTED``."""
+    try:
+        wanted = secret.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no client can have sent it encoded
+        return text
+    # The decoded bytes of text, each with the span of text it came from.
+    decoded = bytearray()
+    starts: list[int] = []
+    ends: list[int] = []
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char == "%" and _is_hex(text[index + 1 : index + 3]):
+            decoded.append(int(text[index + 1 : index + 3], 16))
+            starts.append(index)
+            ends.append(index + 3)
+            index += 3
+            continue
+        encoded = char.encode("utf-8", "surrogatepass")
+        decoded += encoded
+        starts.extend([index] * len(encoded))
+        ends.extend([index + 1] * len(encoded))
+        index += 1
+    pieces: list[str] = []
+    done = 0  # text before this is in pieces
+    found = decoded.find(wanted)
+    while found != -1:
+        start, end = starts[found], ends[found + len(wanted) - 1]
+        if start >= done:
+            pieces += (text[done:start], REDACTED)
+            done = end
+        found = decoded.find(wanted, found + len(wanted))
+    return "".join(pieces) + text[done:] if pieces else text
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_hex(pair: str) -> bool:
+    return len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX
 
 
 class QueryRedactor:

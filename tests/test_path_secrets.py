@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from flask import Flask
@@ -32,6 +33,18 @@ def secrets_app(config: dict[str, Any] | None = None) -> Flask:
     @app.get("/items/<code>")
     def item(code: str) -> str:
         return code
+
+    @app.get("/activate/<uuid:token>")
+    def activate(token: Any) -> str:
+        return "activated"
+
+    @app.get("/confirm/<token>/")
+    def confirm(token: str) -> str:
+        return "confirmed"
+
+    @app.get("/otp/<int:otp>")
+    def one_time(otp: int) -> str:
+        return "ok"
 
     return app
 
@@ -106,55 +119,6 @@ def test_read_before_the_apps_own_preprocessor_pops_it() -> None:
     assert TOKEN not in repr(record)
 
 
-def test_the_span_and_the_log_record_hold_no_token() -> None:
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    logs = InMemoryLogRecordExporter()
-    logger_provider = LoggerProvider()
-    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
-    app = secrets_app({"TRACK_USAGE_OTEL": True, "TRACK_USAGE_OTEL_LOGS": True})
-    track = TrackUsage(
-        app, registry=CollectorRegistry(), tracer_provider=tracer_provider, logger_provider=logger_provider
-    )
-    app.test_client().get(f"/reset/{TOKEN}")
-    assert track.flush()
-    (span,) = spans.get_finished_spans()
-    assert span.name == "GET /reset/<token>"
-    assert span.attributes["url.path"] == "/reset/REDACTED"
-    (log,) = logs.get_finished_logs()
-    attributes = dict(log.log_record.attributes)
-    assert attributes["url.path"] == "/reset/REDACTED"
-    assert TOKEN not in repr(dict(span.attributes)) + repr(attributes) + repr(log.log_record.body)
-
-
-def test_the_instrumentors_span_is_scrubbed_too() -> None:
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    app = secrets_app({"TRACK_USAGE_OTEL": True})
-    FlaskInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
-    try:
-        TrackUsage(app, registry=CollectorRegistry(), tracer_provider=tracer_provider)
-        assert app.test_client().get(f"/reset/{TOKEN}?a=1").status_code == 200
-    finally:
-        FlaskInstrumentor.uninstrument_app(app)
-    (span,) = spans.get_finished_spans()
-    assert TOKEN not in repr(dict(span.attributes))
-    assert span.attributes["url.path"] == "/reset/REDACTED"
-
-
 @pytest.mark.parametrize(
     ("text", "secrets", "redacted"),
     [
@@ -167,3 +131,136 @@ def test_the_instrumentors_span_is_scrubbed_too() -> None:
 )
 def test_redact_secrets(text: str, secrets: list[str], redacted: str) -> None:
     assert redact_secrets(text, [("token", secret) for secret in secrets]) == redacted
+
+
+# -- neighbouring forms: the value as the client spelled it, in all seven places ---------------
+
+UUID_TEXT = "ABCDEF01-2345-6789-ABCD-EF0123456789"  # what the client sent; str(UUID(...)) is lower case
+
+
+# (request target as sent, status, the secret's decoded text, the path once redacted)
+NEIGHBOURS = {
+    "as the view argument": (f"/reset/{TOKEN}?next=/home", 200, TOKEN, "/reset/REDACTED"),
+    "upper-case uuid": (f"/activate/{UUID_TEXT}?a=1", 200, UUID_TEXT, "/activate/REDACTED"),
+    "lower-case percent-encoding": ("/reset/tok%2bx%3d?a=1", 200, "tok+x=", "/reset/REDACTED"),
+    "405 on a GET-only route": (f"/reset/{TOKEN}?a=1", 405, TOKEN, "/reset/REDACTED"),
+    "308 to the trailing slash": (f"/confirm/{TOKEN}?a=1", 308, TOKEN, "/confirm/REDACTED"),
+    "405 with a converted value": (f"/activate/{UUID_TEXT}", 405, UUID_TEXT, "/activate/REDACTED"),
+    "int with leading zeros": ("/otp/0077", 200, "0077", "/otp/REDACTED"),
+    "308 to the merged slashes": (f"/reset//{TOKEN}", 308, TOKEN, "/reset//REDACTED"),
+}
+
+
+def _request(app: Flask, target: str, status: int) -> None:
+    client = app.test_client()
+    response = client.post(target) if status == 405 else client.get(target)
+    assert response.status_code == status
+
+
+def _places_of_our_span_rows_and_log_records(tmp_path: Path, target: str, status: int) -> dict[str, str]:
+    """Row path and url, the CSV export, our span's url.path, the log record's url.path and url.full."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from flask_usage_otel.cli import usage
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    storage = SQLStorage(f"sqlite:///{tmp_path / 'usage.db'}")
+    app = secrets_app({"TRACK_USAGE_OTEL": True, "TRACK_USAGE_OTEL_LOGS": True})
+    track = TrackUsage(
+        app, storage, registry=CollectorRegistry(), tracer_provider=tracer_provider, logger_provider=logger_provider
+    )
+    _request(app, target, status)
+    assert track.flush()
+    (row,) = storage.read_usage()
+    (span,) = spans.get_finished_spans()
+    (log,) = logs.get_finished_logs()
+    log_attributes = dict(log.log_record.attributes)
+    return {
+        "row path": row["path"],
+        "row url": row["url"],
+        "csv export": app.test_cli_runner().invoke(usage, ["export", "--format", "csv"]).output,
+        "span url.path": span.attributes["url.path"],
+        "log url.path": log_attributes["url.path"],
+        "log url.full": log_attributes["url.full"],
+        "every span attribute": repr(dict(span.attributes)),
+        "every log attribute": repr(log_attributes),
+    }
+
+
+def _places_of_the_instrumentors_span(target: str, status: int) -> dict[str, str]:
+    """The instrumentor's ``http.target`` (the request target as sent) and its span's other attributes."""
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    app = secrets_app({"TRACK_USAGE_OTEL": True})
+    FlaskInstrumentor.instrument_app(app, tracer_provider=tracer_provider)
+    try:
+        TrackUsage(app, registry=CollectorRegistry(), tracer_provider=tracer_provider)
+        _request(app, target, status)
+    finally:
+        FlaskInstrumentor.uninstrument_app(app)
+    (span,) = spans.get_finished_spans()
+    attributes = dict(span.attributes)
+    return {"http.target": attributes["http.target"], "every instrumented span attribute": repr(attributes)}
+
+
+@pytest.mark.parametrize("form", NEIGHBOURS)
+def test_every_neighbouring_form_is_redacted_in_all_seven_places(tmp_path: Path, form: str) -> None:
+    target, status, secret, redacted_path = NEIGHBOURS[form]
+    places = _places_of_our_span_rows_and_log_records(tmp_path, target, status)
+    places.update(_places_of_the_instrumentors_span(target, status))
+    for place, text in places.items():
+        # Every spelling: percent-encoded or not, either case.
+        assert secret.lower() not in unquote(text).lower(), f"{place} holds the secret: {text!r}"
+        assert redacted_path in text, f"{place}: {text!r}"
+    assert places["row path"] == places["span url.path"] == places["log url.path"] == redacted_path
+    assert places["http.target"].startswith(redacted_path)
+
+
+def test_apps_without_secret_variables_look_nothing_up() -> None:
+    storage = ListStorage()
+    app = Flask("plain")
+    app.config["TRACK_USAGE_SYNC_WRITES"] = True
+    app.add_url_rule("/items/<code>", "item", lambda code: code)
+    track = TrackUsage(app, storage, registry=CollectorRegistry())
+    app.test_client().get("/items/tok")
+    app.test_client().post("/items/tok")
+    tracker = track._trackers[app]
+    assert {info.secrets for info in tracker.endpoints.values()} == {None}
+    assert [record.path for record in storage.records] == ["/items/tok", "/items/tok"]
+
+
+def test_secret_variables_are_read_from_every_rule_of_the_endpoint() -> None:
+    storage = ListStorage()
+    app = Flask("invites")
+    app.config["TRACK_USAGE_SYNC_WRITES"] = True
+
+    @app.get("/invite/<token>")
+    @app.get("/invite/<group>/<member>")  # registered first: the endpoint's first rule has no secret
+    def invite(token: str | None = None, group: str | None = None, member: str | None = None) -> str:
+        return "invited"
+
+    assert [rule.rule for rule in app.url_map.iter_rules("invite")] == ["/invite/<group>/<member>", "/invite/<token>"]
+    TrackUsage(app, storage, registry=CollectorRegistry())
+    client = app.test_client()
+    assert client.get("/invite/staff/bob").status_code == 200
+    assert client.get(f"/invite/{TOKEN}").status_code == 200
+    assert client.get("/invite/staff/bob").status_code == 200
+    first, second, third = storage.records
+    assert (first.path, first.view_args) == ("/invite/staff/bob", {"group": "staff", "member": "bob"})
+    assert (second.path, second.view_args) == ("/invite/REDACTED", {"token": "REDACTED"})
+    assert third.path == "/invite/staff/bob"

@@ -238,6 +238,28 @@ class Summaries:
         # (a multi-row VALUES would be compiled anew for every batch, which costs more than the rows).
         conn.execute(statement, rows)
 
+    # -- erasure ---------------------------------------------------------------------------
+
+    def forget_keys(
+        self,
+        engine: sa.Engine,
+        hook: Any,
+        condition: Callable[[sa.Column[Any]], sa.ColumnElement[bool]],
+    ) -> int:
+        """Delete the rows of ``hook``'s tables (every period) whose key meets ``condition``; returns how many."""
+        cls = hook_class(hook)
+        if cls not in self.hooks:
+            return 0
+        self.prepare(engine)  # which tables are still in Flask-Track-Usage's form, not written here
+        deleted = 0
+        with engine.begin() as conn:
+            for period in PERIODS:
+                base = f"{cls.summary_name}_{period}"
+                if base not in self._skipped:
+                    table = self.tables[base]
+                    deleted += conn.execute(sa.delete(table).where(condition(table.c[cls.summary_name]))).rowcount
+        return deleted
+
     # -- reading ---------------------------------------------------------------------------
 
     def read(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,9 @@ from flask_usage_otel import TrackUsage
 from flask_usage_otel.cli import usage
 from flask_usage_otel.privacy import ErasureRefused
 from flask_usage_otel.storage.sql import SQLStorage
+from flask_usage_otel.summarization import sumRemote, sumUrl
+
+from .conftest import drop_table
 
 # (REMOTE_ADDR, X-Forwarded-For, user): the person is 192.0.2.1 / "erin"; the others share prefixes.
 PERSON = "192.0.2.1"
@@ -29,7 +33,9 @@ REQUESTS: list[tuple[str, str | None, str | None]] = [
 PERSONS_ROWS = 4  # by address
 
 
-def _app(storage: SQLStorage, mode: str | None) -> tuple[Flask, TrackUsage]:
+def _app(
+    storage: SQLStorage, mode: str | None, requests: list[tuple[str, str | None, str | None]] = REQUESTS
+) -> tuple[Flask, TrackUsage]:
     app = Flask("erasure")
     app.config.update(
         TRACK_USAGE_SYNC_WRITES=True,
@@ -40,7 +46,7 @@ def _app(storage: SQLStorage, mode: str | None) -> tuple[Flask, TrackUsage]:
     app.add_url_rule("/", "index", lambda: "ok")
     track = TrackUsage(app, storage, registry=CollectorRegistry())
     client = app.test_client()
-    for remote, forwarded, user in REQUESTS:
+    for remote, forwarded, user in requests:
         headers = {}
         if forwarded is not None:
             headers["X-Forwarded-For"] = forwarded
@@ -126,3 +132,154 @@ def test_nothing_is_deleted_when_queued_rows_cannot_be_written_first(tmp_path: A
         track.forget(remote_addr=PERSON)
     for sink in track._trackers[app].sinks:
         sink.shutdown(timeout=0.1)
+
+
+# -- every table keyed by the person, every spelling, a refusal instead of nothing -------------
+
+
+@pytest.fixture
+def summarised(db_url: str, table_name: str) -> Iterator[SQLStorage]:
+    """A storage with summary tables keyed by the client address (sumRemote) and by URL."""
+    store = SQLStorage(db_url, table_name=table_name, hooks=[sumRemote, sumUrl])
+    try:
+        yield store
+    finally:
+        with store.engine.begin() as conn:
+            for table in store.sum_tables.values():
+                table.drop(conn, checkfirst=True)
+        drop_table(store.engine, table_name)
+        store.engine.dispose()
+
+
+def _remote_keys(storage: SQLStorage) -> dict[str, set[str]]:
+    """The keys of each sumRemote table (hourly, daily, monthly)."""
+    keys: dict[str, set[str]] = {}
+    with storage.engine.connect() as conn:
+        for name, table in storage.sum_tables.items():
+            if name.startswith("remote_"):
+                keys[name] = set(conn.execute(sa.select(table.c.remote)).scalars())
+    return keys
+
+
+@pytest.mark.parametrize("mode", [None, "hash"])
+def test_forget_deletes_the_summary_rows_keyed_by_the_address(summarised: SQLStorage, mode: str | None) -> None:
+    app, track = _app(summarised, mode)
+    before = _remote_keys(summarised)
+    assert set(before) == {"remote_hourly", "remote_daily", "remote_monthly"}
+    # The person's own requests are the first two (192.0.2.1 and ::ffff:192.0.2.1): their stored keys.
+    person = {row["remote_addr"] for row in sorted(_rows(summarised), key=lambda r: r["id"])[:2]}
+    assert len(person) == (2 if mode is None else 1)
+    assert all(person <= keys and len(keys - person) == 4 for keys in before.values())
+    with app.app_context():
+        assert track.forget(remote_addr=PERSON) == PERSONS_ROWS
+    after = _remote_keys(summarised)
+    assert after == {name: keys - person for name, keys in before.items()}
+    # Keys that are not a person stay whole: the URL summary still counts every request.
+    (url_row,) = summarised.get_sum(sumUrl, period="monthly")
+    assert url_row["hits"] == len(REQUESTS)
+
+
+# A gateway that writes its client's port into X-Forwarded-For; the others are different clients.
+PORTED = "198.51.100.23"
+PORTED_REQUESTS: list[tuple[str, str | None, str | None]] = [
+    ("10.0.0.2", f"{PORTED}:51234", None),
+    ("10.0.0.2", f"{PORTED}:51234, 10.0.0.2", None),
+    ("10.0.0.2", f"203.0.113.5, {PORTED}:443", None),
+    ("10.0.0.2", f"[::ffff:{PORTED}]:8080", None),
+    ("10.0.0.2", "198.51.100.230:51234", None),
+    ("10.0.0.2", "198.51.100.2:3, 10.0.0.2", None),
+]
+
+
+@pytest.mark.parametrize("mode", [None, "hash"])
+def test_forwarded_entries_with_a_port_are_forgotten(storage: SQLStorage, mode: str | None) -> None:
+    app, track = _app(storage, mode, PORTED_REQUESTS)
+    ids = [row["id"] for row in sorted(_rows(storage), key=lambda r: r["id"])]
+    with app.app_context():
+        assert track.forget(remote_addr=PORTED) == 4
+    assert sorted(row["id"] for row in _rows(storage)) == ids[4:]
+
+
+IPV6_REQUESTS: list[tuple[str, str | None, str | None]] = [
+    ("2001:db8::1", None, None),
+    ("2001:db8::1", None, None),
+    ("10.0.0.2", "2001:DB8:0:0:0:0:0:1", None),
+    ("10.0.0.2", "[2001:db8::1]:443, 10.0.0.2", None),
+    ("2001:db8::10", "2001:db8::11", None),
+]
+
+
+@pytest.mark.parametrize("mode", [None, "hash"])
+@pytest.mark.parametrize("spelling", ["2001:DB8::1", "2001:0db8:0000:0000:0000:0000:0000:0001", "[2001:db8::1]:8443"])
+def test_every_spelling_of_an_ipv6_address_finds_its_rows(storage: SQLStorage, mode: str | None, spelling: str) -> None:
+    app, track = _app(storage, mode, IPV6_REQUESTS)
+    with app.app_context():
+        assert track.forget(remote_addr=spelling) == 4
+    assert [row["remote_addr"] for row in _rows(storage)] in (["2001:db8::10"], [_hashed("2001:db8::10")])
+
+
+def _hashed(address: str) -> str | None:
+    from flask_usage_otel.privacy import Anonymizer
+
+    return Anonymizer("hash", b"erasure-key").address(address)
+
+
+def test_the_storage_of_an_app_with_hashed_addresses_hashes_them_itself(storage: SQLStorage) -> None:
+    _app(storage, "hash")
+    assert storage.forget(remote_addr=PERSON) == PERSONS_ROWS
+    assert len(_rows(storage)) == len(REQUESTS) - PERSONS_ROWS
+
+
+def test_hashed_rows_and_no_key_at_hand_are_refused(storage: SQLStorage, db_url: str) -> None:
+    _app(storage, "hash")
+    unbound = SQLStorage(db_url, table_name=storage.table.name)  # the same table, no app to ask for the key
+    try:
+        with pytest.raises(ErasureRefused, match="hashed"):
+            unbound.forget(remote_addr=PERSON)
+        assert len(_rows(storage)) == len(REQUESTS)
+        assert unbound.forget(username="erin") == 1  # a user id needs no key
+    finally:
+        unbound.engine.dispose()
+
+
+def test_forget_does_not_wait_on_a_log_collector_that_never_answers(storage: SQLStorage) -> None:
+    """Erasure flushes the storages it erases from, nothing else: a hung OTLP collector holds up nothing."""
+    import socket
+    import time
+
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    from flask_usage_otel.otel import build_logger_provider
+
+    with socket.socket() as collector:  # accepts connections (the kernel's backlog), never reads or answers
+        collector.bind(("127.0.0.1", 0))
+        collector.listen(64)
+        port = collector.getsockname()[1]
+        exporter = OTLPLogExporter(endpoint=f"http://127.0.0.1:{port}/v1/logs", timeout=5)
+        logger_provider = build_logger_provider("svc", exporter=exporter)
+        app = Flask("hung-collector")
+        app.config.update(
+            TRACK_USAGE_FLUSH_INTERVAL=0.05,
+            TRACK_USAGE_OTEL=False,
+            TRACK_USAGE_OTEL_LOGS=True,
+            TRACK_USAGE_CAPTURE_USER=lambda: request.headers.get("X-Test-User"),
+        )
+        app.add_url_rule("/", "index", lambda: "ok")
+        track = TrackUsage(app, storage, registry=CollectorRegistry(), logger_provider=logger_provider)
+        try:
+            client = app.test_client()
+            for user in ["alice"] * 300 + ["bob"] * 20:
+                assert client.get("/", headers={"X-Test-User": user}).status_code == 200
+            time.sleep(0.5)  # the log records are on their way to the collector, which holds them
+            started = time.monotonic()
+            with app.app_context():
+                deleted = track.forget(username="alice")
+            elapsed = time.monotonic() - started
+            assert deleted == 300
+            assert elapsed < 2.0, f"forget took {elapsed:.1f} s"
+            assert sorted({row["username"] for row in _rows(storage)}) == ["bob"]
+            assert len(_rows(storage)) == 20
+        finally:
+            for sink in track._trackers[app].sinks:
+                sink.shutdown(timeout=0.1)
+            logger_provider.shutdown()
