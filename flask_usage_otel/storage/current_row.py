@@ -82,6 +82,11 @@ _BIG = COLUMN_LIMITS["content_length"]
 _TEXT_WIDTHS = tuple(COLUMN_WIDTHS[c] for c in CURRENT_ROW_COLUMNS[:20])  # the text columns' widths, in order
 
 
+NONE_AS_EMPTY = {None: ""}.get
+"""``NONE_AS_EMPTY(value, value)``: "" for None, else the value itself, so that joining the texts raises
+TypeError for any value that is not text, a falsy one (a username of 0) included."""
+
+
 def current_row(
     record: UsageRecord, timestamp: Callable[[float], Any], authorization: Callable[[Any], Any] | None
 ) -> tuple[Any, ...]:
@@ -145,7 +150,7 @@ def current_row(
         ua.synthetic,
     )
     try:
-        joined = "".join(filter(None, texts))
+        joined = "".join(map(NONE_AS_EMPTY, texts, texts))
         plain_text = joined.isascii() and "\x00" not in joined
     except TypeError:  # a value that is not text (a username given as a number)
         plain_text = False

@@ -37,7 +37,7 @@ from ..columns import (
 )
 from ..record import UNMATCHED_ROUTE
 from ..useragent import LONGEST_NAME, parse_user_agent
-from .current_row import CURRENT_ROW_COLUMNS, current_row
+from .current_row import CURRENT_ROW_COLUMNS, NONE_AS_EMPTY, current_row
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class RowBuilder:
         if self._derived is not None:
             texts += self._derived(record)
         try:
-            joined = "".join(filter(None, texts))
+            joined = "".join(map(NONE_AS_EMPTY, texts, texts))
             plain_text = joined.isascii() and "\x00" not in joined
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             plain_text = False

@@ -107,6 +107,15 @@ def test_the_current_layout_row_equals_the_general_one(
     assert builder.row(record) == builder._general_row(record)
 
 
+@pytest.mark.parametrize("username", [0, False, 0.0, 7, ""])
+def test_a_value_that_is_not_text_is_cleaned_the_same_way_however_falsy(username: Any) -> None:
+    builder = RowBuilder([c.name for c in COLUMNS if c.kind is not Kind.ID], COLUMN_WIDTHS)
+    record = make_record(username=username)
+    row = dict(zip(builder.columns, builder.row(record), strict=True))
+    assert builder.row(record) == builder._general_row(record)
+    assert row["username"] == ("" if username == "" else str(username))
+
+
 def test_a_column_added_to_the_list_must_be_written_out_too() -> None:
     assert sorted(CURRENT_ROW_COLUMNS) == sorted(c.name for c in COLUMNS if c.kind is not Kind.ID)
     narrower = RowBuilder([c.name for c in COLUMNS if c.kind is not Kind.ID], {**COLUMN_WIDTHS, "path": 32})
