@@ -12,7 +12,10 @@ and one-shot faults:
 
 - ``proxy.cut_after_commit()``: the next ``COMMIT`` a client sends reaches the server,
   which commits; its answer is thrown away and the connection reset, so the client
-  cannot know the outcome;
+  cannot know the outcome. With ``answer``, the chunk thrown away is the first one from
+  the server that holds ``answer`` (PostgreSQL's ``COMMIT`` completion, for a client that
+  sends ``COMMIT`` in one query with statements the server answers first);
+  ``proxy.cuts`` counts the answers thrown away;
 - ``proxy.reset_all()``: every open connection is reset (RST) at once;
 - ``proxy.silence_after(marker)``: the next client message containing ``marker`` reaches the
   server; from then on that one connection is silent both ways, never closed nor reset (a peer
@@ -26,10 +29,14 @@ path does to connections whose peers gave up.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 from typing import Any
+
+# The statement, not a word that holds it: PyMySQL opens each connection with SET AUTOCOMMIT = 0.
+_COMMIT = re.compile(rb"(?<![A-Za-z_])commit(?![A-Za-z_])", re.IGNORECASE)
 
 
 class TcpProxy:
@@ -41,6 +48,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
         self._cut_armed = False
+        self._cut_answer: bytes | None = None
         self.cuts = 0
         self._silence_marker: bytes | None = None
         self.silenced = 0
@@ -66,9 +74,10 @@ class TcpProxy:
             for pair in pairs:
                 pair.reset()
 
-    def cut_after_commit(self) -> None:
+    def cut_after_commit(self, answer: bytes | None = None) -> None:
         with self._lock:
             self._cut_armed = True
+            self._cut_answer = answer
 
     def silence_after(self, marker: bytes) -> None:
         with self._lock:
@@ -127,13 +136,17 @@ class TcpProxy:
                 return True
         return False
 
-    def _take_cut(self, data: bytes) -> bool:
+    def _take_cut(self, data: bytes) -> bytes | None:
+        """The answer to wait for (``b""``: the next chunk) when ``data`` carries the armed COMMIT, else None."""
         with self._lock:
-            if self._cut_armed and b"COMMIT" in data.upper():
+            if self._cut_armed and _COMMIT.search(data):
                 self._cut_armed = False
-                self.cuts += 1
-                return True
-        return False
+                return self._cut_answer or b""
+        return None
+
+    def _count_cut(self) -> None:
+        with self._lock:
+            self.cuts += 1
 
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
@@ -148,7 +161,7 @@ class _Pair:
         self.proxy = proxy
         self.client = client
         self.server = server
-        self.cut_pending = False
+        self.cut_pending: bytes | None = None  # the answer to throw away (b"": the next chunk)
         self.blackholed = server is None
         self.silent = False
         self._done = False
@@ -169,8 +182,8 @@ class _Pair:
                 if self.blackholed or self.proxy.mode == "blackhole":
                     self.blackholed = True
                     continue  # swallowed: the client hears nothing back
-                if self.proxy._take_cut(data):
-                    self.cut_pending = True
+                if (answer := self.proxy._take_cut(data)) is not None:
+                    self.cut_pending = answer
                 assert self.server is not None
                 if self.proxy._take_silence(data):
                     # This reaches the server; nothing more goes either way, not its answer, not even
@@ -189,7 +202,8 @@ class _Pair:
                 data = self.server.recv(65536)
                 if not data:
                     break
-                if self.cut_pending:
+                if self.cut_pending is not None and self.cut_pending in data:
+                    self.proxy._count_cut()
                     break  # the server answered the COMMIT: it committed; the client never learns it
                 if self.blackholed or self.proxy.mode == "blackhole":
                     self.blackholed = True
