@@ -22,6 +22,9 @@ and one-shot faults:
   gone mid-transaction behind a stuck NAT): the server keeps the session and its locks until a
   timeout of its own ends it. Other connections are not affected.
 
+``proxy.round_trips`` counts the times a client spoke after the server had (or first on its
+connection): each is a wait for the server's answer, a round trip on a network with latency.
+
 Leaving the black hole resets the connections caught in it, as a recovering network
 path does to connections whose peers gave up.
 """
@@ -53,6 +56,7 @@ class TcpProxy:
         self._silence_marker: bytes | None = None
         self.silenced = 0
         self.connections = 0
+        self.round_trips = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -148,6 +152,14 @@ class TcpProxy:
         with self._lock:
             self.cuts += 1
 
+    def _turn(self, pair: _Pair, up: bool) -> None:
+        """``pair``'s bytes now flow ``up`` (client to server) or down; a client speaking after an answer
+        is a round trip."""
+        with self._lock:
+            if up and not pair.client_spoke_last:
+                self.round_trips += 1
+            pair.client_spoke_last = up
+
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
             if pair in self._pairs:
@@ -164,6 +176,7 @@ class _Pair:
         self.cut_pending: bytes | None = None  # the answer to throw away (b"": the next chunk)
         self.blackholed = server is None
         self.silent = False
+        self.client_spoke_last = False
         self._done = False
         self._server_closed = False
 
@@ -185,6 +198,7 @@ class _Pair:
                 if (answer := self.proxy._take_cut(data)) is not None:
                     self.cut_pending = answer
                 assert self.server is not None
+                self.proxy._turn(self, up=True)
                 if self.proxy._take_silence(data):
                     # This reaches the server; nothing more goes either way, not its answer, not even
                     # the client's giving up: the server's end stays open until the server ends it.
@@ -208,6 +222,7 @@ class _Pair:
                 if self.blackholed or self.proxy.mode == "blackhole":
                     self.blackholed = True
                     continue
+                self.proxy._turn(self, up=False)
                 self.client.sendall(data)
         except OSError:
             pass
