@@ -10,6 +10,8 @@ the data has arrived. So a batch is
    and asks for the rows;
 2. the rows in COPY's text format: the server answers COPY, the id's INSERT and COMMIT at once.
 
+The rows are made while the query travels, so at a long round trip their cost is hidden in it.
+
 The id is inserted after the rows, in the same transaction, so the guarantee of
 ``sql_batches`` holds (a retry whose id is there already was committed before), and the server
 never waits for this client while it holds the id's lock: a session that goes silent waiting
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import io
 import select
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,14 +52,15 @@ _WRITE = getattr(select, "POLLOUT", 4)
 def write_batch(
     conn: sa.Connection,
     copy_sql: str,
-    rows: Iterable[Sequence[Any]],
+    rows: Callable[[], Iterable[Sequence[Any]]],
     claim: tuple[str, str, str] | None,
     *,
     commit: bool,
 ) -> None:
-    """COPY ``rows`` with ``copy_sql`` and then record the batch id, committing when ``commit``, in two round
-    trips; in ``conn``'s transaction when one is open already.
+    """COPY what ``rows()`` gives with ``copy_sql`` and then record the batch id, committing when ``commit``, in
+    two round trips; in ``conn``'s transaction when one is open already.
 
+    :param rows: makes the rows; called once the query is on its way, so the rows are made while it travels.
     :param claim: the batch-id table (quoted, with its schema), its bare name and the batch's id; None: no id.
     :raises AlreadyWritten: the batch id was recorded already (a retry of a committed batch).
     :raises sqlalchemy.exc.DBAPIError: what SQLAlchemy would raise for the driver's error.
@@ -74,8 +77,7 @@ def write_batch(
     dialect = conn.dialect
     dbapi = dialect.loaded_dbapi
     try:
-        data = _copy_data(raw, rows)
-        results = _run(pgconn, query.encode(encoding), data)
+        results = _run(pgconn, query.encode(encoding), lambda: _copy_data(raw, rows()))
         for result in results:
             if result.status == _FATAL_ERROR:
                 raise pg_errors.error_from_result(result, encoding=encoding)
@@ -117,14 +119,21 @@ def _copy_data(raw: Any, rows: Iterable[Sequence[Any]]) -> list[bytes]:
     return [buffer.getvalue()]
 
 
-def _run(pgconn: Any, query: bytes, data: list[bytes]) -> list[Any]:
-    """Send ``query``, then ``data`` when the server asks for it; every result of the query's statements.
+def _run(pgconn: Any, query: bytes, make_data: Callable[[], list[bytes]]) -> list[Any]:
+    """Send ``query``, make the COPY data meanwhile, send it when the server asks for it; every result of the
+    query's statements.
 
     After an error the server skips the rest of the query (its COPY included): the results
-    are read to the end either way, so the connection is ready for the ROLLBACK.
+    are read to the end either way, so the connection is ready for the ROLLBACK. When the data
+    cannot be made, the COPY is failed and that error raised.
     """
     pgconn.send_query(query)
     _flush(pgconn)
+    failed: BaseException | None = None
+    try:
+        data = make_data()
+    except BaseException as exc:
+        failed, data = exc, []
     results = []
     while (result := _next_result(pgconn)) is not None:
         if result.status != _COPY_IN:
@@ -133,9 +142,11 @@ def _run(pgconn: Any, query: bytes, data: list[bytes]) -> list[Any]:
         for chunk in data:
             while not pgconn.put_copy_data(chunk):
                 _wait(pgconn.socket, _WRITE)
-        while not pgconn.put_copy_end(None):
+        while not pgconn.put_copy_end(None if failed is None else b"the rows could not be formatted"):
             _wait(pgconn.socket, _WRITE)
         _flush(pgconn)
+    if failed is not None:
+        raise failed
     return results
 
 

@@ -170,15 +170,15 @@ class Inserter:
 
         :raises AlreadyWritten: the batch id was recorded already (a retry of a committed batch).
         """
-        rows = self.builder.rows(records)
         if self.method == "copy":
             from .pg_batch import write_batch  # psycopg is imported only where it is used
 
             claim = None
             if batch_log is not None and batch_id is not None:
                 claim = (_raw_table(self._dialect.identifier_preparer, batch_log.table), batch_log.table.name, batch_id)
-            write_batch(conn, self.sql, rows, claim, commit=last)
+            write_batch(conn, self.sql, lambda: self.builder.rows(records), claim, commit=last)
             return
+        rows = self.builder.rows(records)
         if batch_log is not None and batch_id is not None:
             batch_log.claim(conn, batch_id)
         if self._sqlite:
