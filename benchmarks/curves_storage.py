@@ -11,16 +11,17 @@ from datetime import timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
-from bench_storage import POSTGRES_URL, SECONDS_APART, TABLE_START, fill_large_table, median_ms, writer_throughput
+from bench_storage import POSTGRES_URL, SECONDS_APART, TABLE_START, fill_large_table, median_ms, record
 from latency_proxy import LatencyProxy
 
 from flask_usage_otel import PartitionedSQLStorage, SQLStorage
+from flask_usage_otel.writer import BatchWriter
 
 BATCH = 500
 
 
 def writer_curve(rtt_ms: Sequence[float], rows: int) -> list[dict[str, Any]]:
-    """Rows/s from the first put to flush() through a proxy adding ``rtt`` to each round trip.
+    """Rows/s the writer keeps up with through a proxy adding ``rtt`` to each round trip.
 
     The slope of milliseconds per batch against the round-trip time is the number of round trips
     a batch takes.
@@ -30,12 +31,38 @@ def writer_curve(rtt_ms: Sequence[float], rows: int) -> list[dict[str, Any]]:
     for rtt in rtt_ms:
         proxy = LatencyProxy(url.port or 5432, rtt)
         try:
-            measured = writer_throughput(url.set(port=proxy.port).render_as_string(False), rows, BATCH)
+            rate = steady_writer_rows_per_s(url.set(port=proxy.port).render_as_string(False), rows)
         finally:
             proxy.close()
-        rate = measured["rows_per_s"]
         points.append({"rtt_ms": rtt, "rows_per_s": rate, "ms_per_batch": BATCH / rate * 1e3})
     return points
+
+
+def steady_writer_rows_per_s(url: str, rows: int) -> float:
+    """Rows/s through a ``BatchWriter`` into a fresh table, from the first put of ``rows`` rows until flush()
+    returns, after a first batch written apart: a writer's first batch also reads the table's layout and
+    prunes old batch ids (a dozen round trips, once per writer), which is no part of what it keeps up with."""
+    storage = SQLStorage(url, table_name=f"bench_w_{uuid.uuid4().hex[:10]}")
+    storage.create_table()
+    records = [record(i) for i in range(rows + BATCH)]
+    writer = BatchWriter(storage, queue_size=rows + BATCH, batch_size=BATCH, flush_interval=0.01)
+    try:
+        for rec in records[:BATCH]:
+            writer.put(rec)
+        assert writer.flush(600), "writer did not finish its first batch"
+        start = time.perf_counter()
+        for rec in records[BATCH:]:
+            writer.put(rec)
+        assert writer.flush(600), "writer did not finish"
+        elapsed = time.perf_counter() - start
+        with storage.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(storage.table)).scalar() == rows + BATCH
+        return rows / elapsed
+    finally:
+        writer.shutdown(5)
+        storage.table.drop(storage.engine)
+        storage.batches.drop(storage.engine, checkfirst=True)
+        storage.engine.dispose()
 
 
 def _table_bytes(storage: SQLStorage) -> int:

@@ -305,7 +305,8 @@ class SQLStorage(UsageReading, UsageErasure):
     # -- writing -------------------------------------------------------------------------
 
     def store(self, records: Sequence[UsageRecord]) -> None:
-        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL).
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL,
+        where the batch, its id and the COMMIT take two round trips).
 
         A batch from the storage writer carries a ``batch_id``, recorded in the same
         transaction, so a retry after a lost COMMIT answer never writes it twice.
@@ -355,12 +356,11 @@ class SQLStorage(UsageReading, UsageErasure):
             prepare = getattr(hook, "prepare", None)
             if prepare is not None:
                 prepare(self.engine)  # its summary tables, made once
+        claim = batch_id if inserter.batch_ids else None
         with self.engine.begin() as conn:
             dbapi_connection = conn.connection.dbapi_connection
             watchdog.attach(dbapi_connection)
-            if batch_id is not None and inserter.batch_ids:
-                self._batch_log.claim(conn, batch_id)
-            inserter.insert(conn, records)
+            inserter.insert(conn, records, self._batch_log, claim, last=not self.batch_hooks)
             for hook in self.batch_hooks:
                 hook(conn, records)
 

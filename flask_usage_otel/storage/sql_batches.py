@@ -86,7 +86,7 @@ class BatchLog:
         dbapi = dialect.loaded_dbapi
         cursor = raw.cursor()
         try:
-            cursor.execute(sql, parameters(batch_id, _utcnow()))
+            cursor.execute(sql, parameters(batch_id, utcnow()))
         except dbapi.IntegrityError:
             raise AlreadyWritten(batch_id) from None
         except dbapi.Error as exc:
@@ -107,7 +107,7 @@ class BatchLog:
     def prune(self, engine: sa.Engine) -> int:
         """Delete ids older than ``BATCH_ID_RETENTION``; returns how many."""
         self._last_prune = time.monotonic()
-        cutoff = _utcnow() - BATCH_ID_RETENTION
+        cutoff = utcnow() - BATCH_ID_RETENTION
         with engine.begin() as conn:
             return int(conn.execute(sa.delete(self.table).where(self.table.c.written_at < cutoff)).rowcount)
 
@@ -128,5 +128,6 @@ def _insert_sql(table: sa.Table, dialect: sa.Dialect) -> tuple[str, Callable[[st
     raise RuntimeError(f"unexpected parameters {order} in the INSERT into {table.name}")
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """Now in UTC, naive, as ``written_at`` stores it."""
     return datetime.now(timezone.utc).replace(tzinfo=None)

@@ -19,14 +19,12 @@ written completely or not at all.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 
 from .. import columns as column_defs
 from .row_builder import RowBuilder
@@ -34,6 +32,7 @@ from .sql_text import TRUNCATED_JSON_KEY, clean_text, json_text, record_url, val
 
 if TYPE_CHECKING:
     from ..record import UsageRecord
+    from .sql_batches import BatchLog
 
 __all__ = ["TRUNCATED_JSON_KEY", "Inserter", "RowBuilder", "clean_text", "json_text", "record_url", "values_url"]
 
@@ -93,11 +92,17 @@ def _raw_identifier(preparer: Any, name: str) -> str:
     )
 
 
+def _raw_table(preparer: Any, table: sa.Table) -> str:
+    target = _raw_identifier(preparer, table.name)
+    return f"{_raw_identifier(preparer, table.schema)}.{target}" if table.schema else target
+
+
 class Inserter:
     """Writes batches of records into ``table`` (only ``columns``) on a connection inside a transaction.
 
-    Picks the path per driver: PostgreSQL with psycopg 3 gets ``COPY ... FROM STDIN`` (one
-    round trip for the batch, no per-row statement on the server); SQLite's and the MySQL
+    Picks the path per driver: PostgreSQL with psycopg 3 gets ``COPY ... FROM STDIN`` with the
+    batch id and the COMMIT in the same query (two round trips for the batch, no per-row
+    statement on the server: ``pg_batch``); SQLite's and the MySQL
     drivers' own ``executemany`` take tuples straight (PyMySQL and mysqlclient send one
     multi-row INSERT); any other driver goes through SQLAlchemy's ``insert()`` with dicts,
     which knows its best batching (insertmanyvalues).
@@ -132,9 +137,7 @@ class Inserter:
         datetime_text = self.method != "sqlalchemy" and processors.get("datetime", _iso_text) is _iso_text
         self.builder = RowBuilder(columns, widths, processors, datetime_text=datetime_text)
         names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
-        target = _raw_identifier(preparer, table.name)
-        if table.schema:
-            target = f"{_raw_identifier(preparer, table.schema)}.{target}"
+        target = _raw_table(preparer, table)
         marker = ""
         if self.method == "copy":
             self.sql = f"COPY {target} ({names}) FROM STDIN"
@@ -150,15 +153,38 @@ class Inserter:
         self._names = names
         self._statements: dict[tuple[bool, ...], tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
-    def insert(self, conn: sa.Connection, records: Sequence[UsageRecord]) -> None:
-        """Insert ``records`` on ``conn``; the caller's transaction commits or rolls back the whole batch."""
+    def insert(
+        self,
+        conn: sa.Connection,
+        records: Sequence[UsageRecord],
+        batch_log: BatchLog | None = None,
+        batch_id: str | None = None,
+        *,
+        last: bool = False,
+    ) -> None:
+        """Insert ``records`` on ``conn``, with ``batch_id`` recorded in ``batch_log``'s table when both are given.
+
+        The caller's transaction commits or rolls back the whole batch. ``last``: nothing else
+        follows in the transaction, so PostgreSQL's COPY path commits it with the batch (the
+        caller's commit then has nothing left to do).
+
+        :raises AlreadyWritten: the batch id was recorded already (a retry of a committed batch).
+        """
+        if self.method == "copy":
+            from .pg_batch import write_batch  # psycopg is imported only where it is used
+
+            claim = None
+            if batch_log is not None and batch_id is not None:
+                claim = (_raw_table(self._dialect.identifier_preparer, batch_log.table), batch_log.table.name, batch_id)
+            write_batch(conn, self.sql, lambda: self.builder.rows(records), claim, commit=last)
+            return
         rows = self.builder.rows(records)
+        if batch_log is not None and batch_id is not None:
+            batch_log.claim(conn, batch_id)
         if self._sqlite:
             self._insert_sqlite(conn, rows)
         elif self.method == "executemany":
             conn.exec_driver_sql(self.sql, rows)  # type: ignore[arg-type]
-        elif self.method == "copy":
-            self._copy(conn, rows)
         else:
             columns = self.builder.columns
             conn.execute(self._table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
@@ -193,26 +219,3 @@ class Inserter:
             self._statements.clear()
         self._statements[nulls] = statement
         return statement
-
-    def _copy(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
-        dbapi = self._dialect.loaded_dbapi
-        cursor = raw.cursor()
-        try:
-            with cursor.copy(self.sql) as copy:
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
-        except dbapi.Error as exc:
-            # Raise what SQLAlchemy would have (OperationalError, DataError, ...) so the writer can tell a
-            # database that is down (retry the batch) from a row it refuses; forget a dead connection.
-            disconnected = self._dialect.is_disconnect(exc, raw, cursor)
-            if disconnected:
-                conn.invalidate(exc)
-            raise sa_exc.DBAPIError.instance(
-                self.sql, None, exc, dbapi.Error, connection_invalidated=disconnected, dialect=self._dialect
-            ) from exc
-        finally:
-            with contextlib.suppress(dbapi.Error):
-                cursor.close()

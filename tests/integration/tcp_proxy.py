@@ -12,12 +12,18 @@ and one-shot faults:
 
 - ``proxy.cut_after_commit()``: the next ``COMMIT`` a client sends reaches the server,
   which commits; its answer is thrown away and the connection reset, so the client
-  cannot know the outcome;
+  cannot know the outcome. With ``answer``, the chunk thrown away is the first one from
+  the server that holds ``answer`` (PostgreSQL's ``COMMIT`` completion, for a client that
+  sends ``COMMIT`` in one query with statements the server answers first);
+  ``proxy.cuts`` counts the answers thrown away;
 - ``proxy.reset_all()``: every open connection is reset (RST) at once;
 - ``proxy.silence_after(marker)``: the next client message containing ``marker`` reaches the
   server; from then on that one connection is silent both ways, never closed nor reset (a peer
   gone mid-transaction behind a stuck NAT): the server keeps the session and its locks until a
   timeout of its own ends it. Other connections are not affected.
+
+``proxy.round_trips`` counts the times a client spoke after the server had (or first on its
+connection): each is a wait for the server's answer, a round trip on a network with latency.
 
 Leaving the black hole resets the connections caught in it, as a recovering network
 path does to connections whose peers gave up.
@@ -26,10 +32,14 @@ path does to connections whose peers gave up.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import struct
 import threading
 from typing import Any
+
+# The statement, not a word that holds it: PyMySQL opens each connection with SET AUTOCOMMIT = 0.
+_COMMIT = re.compile(rb"(?<![A-Za-z_])commit(?![A-Za-z_])", re.IGNORECASE)
 
 
 class TcpProxy:
@@ -41,10 +51,12 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
         self._cut_armed = False
+        self._cut_answer: bytes | None = None
         self.cuts = 0
         self._silence_marker: bytes | None = None
         self.silenced = 0
         self.connections = 0
+        self.round_trips = 0
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -66,9 +78,10 @@ class TcpProxy:
             for pair in pairs:
                 pair.reset()
 
-    def cut_after_commit(self) -> None:
+    def cut_after_commit(self, answer: bytes | None = None) -> None:
         with self._lock:
             self._cut_armed = True
+            self._cut_answer = answer
 
     def silence_after(self, marker: bytes) -> None:
         with self._lock:
@@ -127,13 +140,25 @@ class TcpProxy:
                 return True
         return False
 
-    def _take_cut(self, data: bytes) -> bool:
+    def _take_cut(self, data: bytes) -> bytes | None:
+        """The answer to wait for (``b""``: the next chunk) when ``data`` carries the armed COMMIT, else None."""
         with self._lock:
-            if self._cut_armed and b"COMMIT" in data.upper():
+            if self._cut_armed and _COMMIT.search(data):
                 self._cut_armed = False
-                self.cuts += 1
-                return True
-        return False
+                return self._cut_answer or b""
+        return None
+
+    def _count_cut(self) -> None:
+        with self._lock:
+            self.cuts += 1
+
+    def _turn(self, pair: _Pair, up: bool) -> None:
+        """``pair``'s bytes now flow ``up`` (client to server) or down; a client speaking after an answer
+        is a round trip."""
+        with self._lock:
+            if up and not pair.client_spoke_last:
+                self.round_trips += 1
+            pair.client_spoke_last = up
 
     def _forget(self, pair: _Pair) -> None:
         with self._lock:
@@ -148,9 +173,10 @@ class _Pair:
         self.proxy = proxy
         self.client = client
         self.server = server
-        self.cut_pending = False
+        self.cut_pending: bytes | None = None  # the answer to throw away (b"": the next chunk)
         self.blackholed = server is None
         self.silent = False
+        self.client_spoke_last = False
         self._done = False
         self._server_closed = False
 
@@ -169,9 +195,10 @@ class _Pair:
                 if self.blackholed or self.proxy.mode == "blackhole":
                     self.blackholed = True
                     continue  # swallowed: the client hears nothing back
-                if self.proxy._take_cut(data):
-                    self.cut_pending = True
+                if (answer := self.proxy._take_cut(data)) is not None:
+                    self.cut_pending = answer
                 assert self.server is not None
+                self.proxy._turn(self, up=True)
                 if self.proxy._take_silence(data):
                     # This reaches the server; nothing more goes either way, not its answer, not even
                     # the client's giving up: the server's end stays open until the server ends it.
@@ -189,11 +216,13 @@ class _Pair:
                 data = self.server.recv(65536)
                 if not data:
                     break
-                if self.cut_pending:
+                if self.cut_pending is not None and self.cut_pending in data:
+                    self.proxy._count_cut()
                     break  # the server answered the COMMIT: it committed; the client never learns it
                 if self.blackholed or self.proxy.mode == "blackhole":
                     self.blackholed = True
                     continue
+                self.proxy._turn(self, up=False)
                 self.client.sendall(data)
         except OSError:
             pass

@@ -1,0 +1,45 @@
+"""How many times the writer waits for the database per batch, counted on the wire.
+
+A database in another zone adds its round-trip time to every wait: at 10 ms, five waits per
+500-row batch cap a process near 8k rows/s, two let it write more than 15k. The tracked app's
+storage talks to a real server through the TCP proxy, which counts each time the client speaks
+after the server answered; the batches are counted by their ids in ``<table>_batches``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.integration.test_writer_faults import FAST, Rig, rig, server
+
+__all__ = ["rig", "server"]  # the fixtures, shared with the fault tests
+
+pytestmark = pytest.mark.integration
+
+# Most waits per batch. PostgreSQL: the COPY, the batch id and COMMIT in one query, then the rows.
+# MariaDB (PyMySQL): the batch id's INSERT, the rows' INSERT, COMMIT, and the pool's ROLLBACK when
+# the connection is given back.
+MOST_ROUND_TRIPS = {"postgresql": 2, "mariadb": 4}
+
+
+def test_waits_for_the_database_per_batch_counted_on_the_wire(rig: Rig, server: tuple[str, str, int]) -> None:
+    assert rig.proxy is not None
+    rig.send(20)  # the first batch looks at the table, creates it and prunes old batch ids
+    assert rig.writer.flush(20)
+
+    def batches() -> int:
+        with rig.direct.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(rig.storage.batches)).scalar_one())
+
+    before, rig.proxy.round_trips = batches(), 0
+    rig.send(200)
+    assert rig.writer.flush(20)
+    written, round_trips = batches() - before, rig.proxy.round_trips
+    rig.assert_every_request_accounted_for()
+    assert rig.writer.rows_dropped == 0
+    assert rig.writer.write_errors == 0
+    assert written >= 200 // FAST["TRACK_USAGE_BATCH_SIZE"]
+    name = server[0]
+    print(f"\n{name}: {round_trips} round trips for {written} batches ({round_trips / written:.2f} each)")
+    assert round_trips <= MOST_ROUND_TRIPS[name] * written
