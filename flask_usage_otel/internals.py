@@ -21,12 +21,14 @@ import math
 import operator
 import os
 import platform
+import struct
 import tempfile
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client import values as prometheus_values
 from prometheus_client.samples import Exemplar
 from werkzeug.wsgi import ClosingIterator
@@ -34,6 +36,7 @@ from werkzeug.wsgi import ClosingIterator
 logger = logging.getLogger("flask_usage_otel")
 
 T = TypeVar("T")
+_int_at = struct.Struct("i").unpack_from
 Adder = Callable[[float], None]
 ExemplarAdder = Callable[[float, dict[str, str], float], None]
 
@@ -352,6 +355,51 @@ def metric_files_foldable() -> bool:
         True,
         False,
     )
+
+
+# -- prometheus_client: what a scrape reads -------------------------------------------------
+
+
+class ScrapeReads:
+    """What our ``/metrics`` renderer reads instead of ``collect()``'s samples: the registry's collectors
+    in order, a metric's children and their cells. ``prometheus.exposition.check_renderer`` compares
+    the scrape it renders with prometheus_client's own encoders; the fallback is those encoders."""
+
+    @staticmethod
+    def collectors(registry: Any) -> list[Any] | None:
+        """The collectors in the order ``collect()`` calls them; None when it adds a ``target_info`` first."""
+        with registry._lock:
+            return None if registry._target_info else list(registry._collector_to_names)
+
+    @staticmethod
+    def children(metric: Any) -> list[tuple[tuple[str, ...], Any]]:
+        if not metric._labelnames:
+            return [((), metric)]
+        with metric._lock:
+            return list(metric._metrics.items())
+
+    labelnames = staticmethod(lambda metric: tuple(metric._labelnames))
+    bounds = staticmethod(lambda metric: tuple(metric._upper_bounds))
+    created = staticmethod(lambda: prometheus_metrics._use_created)
+    # (value, exemplar, created) of a counter child; the cells' plain attributes, read as their get() would.
+    counter = staticmethod(lambda child: (child._value._value, child._value._exemplar, child._created))
+    gauge = staticmethod(lambda child: child._value._value)
+    buckets = staticmethod(lambda child: [cell._value for cell in child._buckets])
+    exemplars = staticmethod(lambda child: [cell._exemplar for cell in child._buckets])
+    sum_created = staticmethod(lambda child: (child._sum._value, child._created))
+
+
+def metric_file_entries(data: bytes, start: int = 8) -> tuple[list[tuple[bytes, int]], int]:
+    """(key, index of its value among the file's doubles) of each entry of a multiprocess file from byte
+    ``start`` to its used end, and that end: the layout ``mmap_dict._read_all_values`` reads."""
+    used, pos, entries = _int_at(data, 0)[0], start, []
+    while pos < used:
+        length = _int_at(data, pos)[0]
+        if length + pos > used:
+            raise RuntimeError("Read beyond file size detected, file is corrupted.")
+        entries.append((bytes(data[pos + 4 : pos + 4 + length]), (pos + 4 + length + 8 - (length + 4) % 8) >> 3))
+        pos = (entries[-1][1] << 3) + 16
+    return entries, used
 
 
 # -- Werkzeug: ClosingIterator's callbacks ----------------------------------------------------
