@@ -30,8 +30,9 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
 from ..config import MetricsAuth
 from ..internals import ScrapeReads, select, single_process_values
+from .filescrape import scrape_directory
 from .metrics import owned_metrics, route_inventories
-from .multiprocess import LockedMultiProcessCollector, scrape_directory
+from .multiprocess import LockedMultiProcessCollector
 from .textformat import (
     EOF,
     OPENMETRICS,
