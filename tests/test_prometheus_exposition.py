@@ -13,9 +13,9 @@ from prometheus_client import exposition as text_exposition
 from prometheus_client.utils import floatToGoString
 
 from flask_usage_otel import TrackUsage, internals
-from flask_usage_otel.prometheus import exposition, textformat
-from flask_usage_otel.prometheus.exposition import Renderer, check_renderer
+from flask_usage_otel.prometheus import renderer, textformat
 from flask_usage_otel.prometheus.metrics import owned_metrics
+from flask_usage_otel.prometheus.renderer import Renderer, check_renderer
 
 ODD = ('a "quote"', "back\\slash", "new\nline", "ünï\u2028", "", "{},=")
 ACCEPTS = (
@@ -92,14 +92,14 @@ def test_the_renderer_is_used_and_the_encoder_only_for_the_others(monkeypatch: p
     Counter("app_own", "Not ours.", registry=registry).inc()
     app = odd_app(registry, otel=False)
     encoded: list[str] = []
-    real = exposition._encoded
+    real = renderer._encoded
 
     def spy(encode: Any, collectors: list[Any], form: str) -> str:
         text = real(encode, collectors, form)
         encoded.append(text)
         return text
 
-    monkeypatch.setattr(exposition, "_encoded", spy)
+    monkeypatch.setattr(renderer, "_encoded", spy)
     body = scrape(app, None)[0].decode()
     assert "flask_usage_request_duration_seconds_bucket" in body
     assert not any("flask_usage_request_duration_seconds" in text for text in encoded)
@@ -133,12 +133,12 @@ def many_label_sets() -> tuple[CollectorRegistry, list[Any]]:
 def test_many_label_sets_odd_values_and_exemplars(accept: str | None) -> None:
     registry, ours = many_label_sets()
     encoder, _ = text_exposition.choose_encoder(accept or "")
-    form = exposition._form(encoder, accept)
+    form = renderer.form_of(encoder, accept)
     assert form is not None
-    renderer = Renderer()
-    first = renderer.render(registry, form, ours)
+    writer = Renderer()
+    first = writer.render(registry, form, ours)
     assert first == encoder(registry)
-    assert renderer.render(registry, form, ours) == first  # from what the first render kept
+    assert writer.render(registry, form, ours) == first  # from what the first render kept
 
 
 def test_series_added_and_removed_between_scrapes() -> None:

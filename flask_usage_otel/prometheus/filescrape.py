@@ -367,7 +367,7 @@ def directory_scrape_usable() -> bool:
     return select(
         "prometheus_client's multiprocess file layout (read for /metrics)",
         "prometheus-client",
-        check_directory_scrape,
+        lambda: check_directory_scrape(metric_file_entries),
         True,
         False,
     )
