@@ -357,31 +357,18 @@ def metric_files_foldable() -> bool:
     )
 
 
-# -- prometheus_client: what a scrape reads -------------------------------------------------
+# -- prometheus_client: what a scrape reads (checked in prometheus/renderer.py and filescrape.py) --
 
 
 class ScrapeReads:
     """What our ``/metrics`` renderer reads instead of ``collect()``'s samples: the registry's collectors
-    in order, a metric's children and their cells. ``prometheus.exposition.check_renderer`` compares
-    the scrape it renders with prometheus_client's own encoders; the fallback is those encoders."""
+    in ``collect()``'s order (None when it adds a ``target_info``), a metric's children, their cells."""
 
-    @staticmethod
-    def collectors(registry: Any) -> list[Any] | None:
-        """The collectors in the order ``collect()`` calls them; None when it adds a ``target_info`` first."""
-        with registry._lock:
-            return None if registry._target_info else list(registry._collector_to_names)
-
-    @staticmethod
-    def children(metric: Any) -> list[tuple[tuple[str, ...], Any]]:
-        if not metric._labelnames:
-            return [((), metric)]
-        with metric._lock:
-            return list(metric._metrics.items())
-
+    collectors = staticmethod(lambda reg: None if reg._target_info else list(reg._collector_to_names.copy()))
+    children = staticmethod(lambda m: list(m._metrics.copy().items()) if m._labelnames else [((), m)])
     labelnames = staticmethod(lambda metric: tuple(metric._labelnames))
     bounds = staticmethod(lambda metric: tuple(metric._upper_bounds))
     created = staticmethod(lambda: prometheus_metrics._use_created)
-    # (value, exemplar, created) of a counter child; the cells' plain attributes, read as their get() would.
     counter = staticmethod(lambda child: (child._value._value, child._value._exemplar, child._created))
     gauge = staticmethod(lambda child: child._value._value)
     buckets = staticmethod(lambda child: [cell._value for cell in child._buckets])
@@ -390,15 +377,16 @@ class ScrapeReads:
 
 
 def metric_file_entries(data: bytes, start: int = 8) -> tuple[list[tuple[bytes, int]], int]:
-    """(key, index of its value among the file's doubles) of each entry of a multiprocess file from byte
-    ``start`` to its used end, and that end: the layout ``mmap_dict._read_all_values`` reads."""
+    """(key, index of its value among the doubles) of a multiprocess file's entries from byte ``start``,
+    and the used length: the layout ``mmap_dict._read_all_values`` reads."""
     used, pos, entries = _int_at(data, 0)[0], start, []
     while pos < used:
         length = _int_at(data, pos)[0]
         if length + pos > used:
             raise RuntimeError("Read beyond file size detected, file is corrupted.")
-        entries.append((bytes(data[pos + 4 : pos + 4 + length]), (pos + 4 + length + 8 - (length + 4) % 8) >> 3))
-        pos = (entries[-1][1] << 3) + 16
+        value_at = pos + 4 + length + 8 - (length + 4) % 8
+        entries.append((bytes(data[pos + 4 : pos + 4 + length]), value_at >> 3))
+        pos = value_at + 16
     return entries, used
 
 
