@@ -21,12 +21,14 @@ import math
 import operator
 import os
 import platform
+import struct
 import tempfile
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client import values as prometheus_values
 from prometheus_client.samples import Exemplar
 from werkzeug.wsgi import ClosingIterator
@@ -34,6 +36,7 @@ from werkzeug.wsgi import ClosingIterator
 logger = logging.getLogger("flask_usage_otel")
 
 T = TypeVar("T")
+_int_at = struct.Struct("i").unpack_from
 Adder = Callable[[float], None]
 ExemplarAdder = Callable[[float, dict[str, str], float], None]
 
@@ -352,6 +355,39 @@ def metric_files_foldable() -> bool:
         True,
         False,
     )
+
+
+# -- prometheus_client: what a scrape reads (checked in prometheus/renderer.py and filescrape.py) --
+
+
+class ScrapeReads:
+    """What our ``/metrics`` renderer reads instead of ``collect()``'s samples: the registry's collectors
+    in ``collect()``'s order (None when it adds a ``target_info``), a metric's children, their cells."""
+
+    collectors = staticmethod(lambda reg: None if reg._target_info else list(reg._collector_to_names.copy()))
+    children = staticmethod(lambda m: list(m._metrics.copy().items()) if m._labelnames else [((), m)])
+    labelnames = staticmethod(lambda metric: tuple(metric._labelnames))
+    bounds = staticmethod(lambda metric: tuple(metric._upper_bounds))
+    created = staticmethod(lambda: prometheus_metrics._use_created)
+    counter = staticmethod(lambda child: (child._value._value, child._value._exemplar, child._created))
+    gauge = staticmethod(lambda child: child._value._value)
+    buckets = staticmethod(lambda child: [cell._value for cell in child._buckets])
+    exemplars = staticmethod(lambda child: [cell._exemplar for cell in child._buckets])
+    sum_created = staticmethod(lambda child: (child._sum._value, child._created))
+
+
+def metric_file_entries(data: bytes, start: int = 8) -> tuple[list[tuple[bytes, int]], int]:
+    """(key, index of its value among the doubles) of a multiprocess file's entries from byte ``start``,
+    and the used length: the layout ``mmap_dict._read_all_values`` reads."""
+    used, pos, entries = _int_at(data, 0)[0], start, []
+    while pos < used:
+        length = _int_at(data, pos)[0]
+        if length + pos > used:
+            raise RuntimeError("Read beyond file size detected, file is corrupted.")
+        value_at = pos + 4 + length + 8 - (length + 4) % 8
+        entries.append((bytes(data[pos + 4 : pos + 4 + length]), value_at >> 3))
+        pos = value_at + 16
+    return entries, used
 
 
 # -- Werkzeug: ClosingIterator's callbacks ----------------------------------------------------

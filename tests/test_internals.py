@@ -33,7 +33,8 @@ from werkzeug.test import create_environ
 from flask_usage_otel import TrackUsage, exchange, internals
 from flask_usage_otel.exchange import Exchange
 from flask_usage_otel.gunicorn import child_exit
-from flask_usage_otel.internals import PrometheusCells, PrometheusPublic
+from flask_usage_otel.internals import PrometheusCells, PrometheusPublic, ScrapeReads
+from flask_usage_otel.prometheus import exposition, filescrape
 from flask_usage_otel.storage import sql_text
 from flask_usage_otel.storage.sql import SQLStorage
 from tests.test_prometheus_multiprocess import collected
@@ -59,6 +60,8 @@ def test_every_fast_path_passes_its_check_here() -> None:
     assert internals.compact_json is not internals._public_compact_json
     assert sql_text._encode_json is internals.compact_json
     assert exchange.closing_iterator_callbacks is internals.closing_iterator_callbacks
+    assert exposition.render_registry != exposition._public_render
+    assert filescrape.directory_scrape_usable() is True
 
 
 # -- prometheus_client's value cells ----------------------------------------------------------
@@ -155,7 +158,7 @@ def test_value_cells_fallback_counts_exactly_as_the_fast_path(
 # -- Werkzeug's ClosingIterator._callbacks ----------------------------------------------------
 
 
-def werkzeug_app(registry: CollectorRegistry) -> Flask:
+def werkzeug_app(registry: CollectorRegistry, tracer_provider: TracerProvider | None = None) -> Flask:
     app = Flask("closing")
 
     @app.route("/page")
@@ -174,7 +177,9 @@ def werkzeug_app(registry: CollectorRegistry) -> Flask:
     def boom() -> str:
         raise ValueError("deliberate")
 
-    TrackUsage(app, registry=registry)
+    if tracer_provider is not None:
+        app.config.update(TRACK_USAGE_OTEL=True)
+    TrackUsage(app, registry=registry, tracer_provider=tracer_provider)
     return app
 
 
@@ -380,4 +385,76 @@ def test_dead_worker_files_fallback_scrapes_exactly_as_the_fold(
     # Every total of the live workers is kept; only their live gauges went with them.
     assert counts(folded) == {k: v for k, v in live.items() if k[0] not in LIVE_GAUGES}
     [warning] = warnings_of(caplog, "MmapedDict")
+    assert "prometheus-client" in warning.message
+
+
+# -- prometheus_client's registry, children and cells, read for /metrics ----------------------
+
+
+class SwappedBuckets(ScrapeReads):
+    """A release whose cells hold the buckets in another order."""
+
+    buckets = staticmethod(lambda child: list(reversed(ScrapeReads.buckets(child))))
+
+
+class RenamedRegistry(ScrapeReads):
+    """A release that keeps the registry's collectors under another name."""
+
+    collectors = staticmethod(lambda registry: list(registry._collectors))
+
+
+SCRAPE_ACCEPTS = (None, OPENMETRICS, "text/plain; version=1.0.0; escaping=allow-utf-8")
+
+
+@pytest.mark.parametrize("broken", [SwappedBuckets, RenamedRegistry])
+def test_renderer_fallback_scrapes_byte_for_byte_as_the_renderer(
+    broken: type[ScrapeReads], clock: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert exposition.render_registry != exposition._public_render
+    registry = CollectorRegistry()
+    provider = TracerProvider()
+    app = werkzeug_app(registry, tracer_provider=provider)  # exemplars too
+    client = app.test_client()
+    for path in ("/page", "/stream", "/refused", "/boom", "/missing") * 3:
+        client.get(path)
+
+    def scrapes() -> list[tuple[bytes, str]]:
+        got = [client.get("/metrics", headers={"Accept": a} if a else {}) for a in SCRAPE_ACCEPTS]
+        return [(r.get_data(), r.headers["Content-Type"]) for r in got]
+
+    fast = scrapes()
+    with caplog.at_level(logging.WARNING, "flask_usage_otel"):
+        selected = exposition.select_renderer(broken)
+    assert selected is exposition._public_render
+    monkeypatch.setattr(exposition, "render_registry", selected)
+    assert scrapes() == fast  # the same registry, byte for byte, with the same exemplars and creation times
+    assert b"# {" in fast[1][0]
+    [warning] = warnings_of(caplog, "registry, children and value cells")
+    assert f"prometheus-client {importlib.metadata.version('prometheus-client')}" in warning.message
+
+
+def test_directory_scrape_fallback_scrapes_byte_for_byte_as_the_directory_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for rounds in (1, 2):
+        run_worker(tmp_path, "fast", rounds)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    fast = exposition.render(CollectorRegistry(), None, True)
+    assert filescrape.directory_scrape_usable() is True
+
+    def shifted(data: bytes, start: int = 8) -> tuple[list[tuple[bytes, int]], int]:
+        entries, used = internals.metric_file_entries(data, start)
+        return [(key, index + 1) for key, index in entries], used  # the timestamps read as values
+
+    filescrape.directory_scrape_usable.cache_clear()
+    monkeypatch.setattr(filescrape, "metric_file_entries", shifted)
+    try:
+        with caplog.at_level(logging.WARNING, "flask_usage_otel"):
+            assert filescrape.directory_scrape_usable() is False
+            public = exposition.render(CollectorRegistry(), None, True)
+    finally:
+        filescrape.directory_scrape_usable.cache_clear()
+    assert public == fast
+    assert b"flask_usage_requests_total{" in public[0]
+    [warning] = warnings_of(caplog, "multiprocess file layout")
     assert "prometheus-client" in warning.message

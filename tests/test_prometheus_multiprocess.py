@@ -6,10 +6,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from flask_usage_otel.prometheus import filescrape
+from flask_usage_otel.prometheus.filescrape import DirectoryScrape
 from flask_usage_otel.prometheus.multiprocess import (
     LockedMultiProcessCollector,
     archive_files,
@@ -147,3 +151,76 @@ def test_a_file_still_being_created_is_skipped(tmp_path: Path) -> None:
     worker_files(tmp_path, 1, requests=4, duration=0.5, info=1)
     (tmp_path / "counter_2.db").write_bytes(b"")  # a starting worker's file, not yet sized
     assert collected(tmp_path)[("app_requests_total", (("route", "/"),))] == 4
+
+
+# -- the directory scrape: what it keeps between scrapes --------------------------------------
+
+
+def stock_scrape(path: Path) -> bytes:
+    registry = CollectorRegistry()
+    LockedMultiProcessCollector(registry, path=str(path))
+    return generate_latest(registry)
+
+
+def test_the_directory_scrape_is_the_collectors_byte_for_byte_through_worker_churn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_internals import run_worker  # real TrackUsage workers' files
+
+    pids = [run_worker(tmp_path, "fast", rounds)[0] for rounds in (1, 3)]
+    for pid, requests in ((101, 10), (102, 7)):
+        worker_files(tmp_path, pid, requests=requests, duration=requests / 8, info=pid - 100)
+    scrape = DirectoryScrape(str(tmp_path))
+    decoded: list[bytes] = []
+    real_decode = filescrape._decode
+    monkeypatch.setattr(filescrape, "_decode", lambda key: decoded.append(key) or real_decode(key))
+
+    def same() -> str:
+        body = scrape.render()
+        assert body == stock_scrape(tmp_path)
+        assert body is not None
+        return body.decode()
+
+    first = same()
+    assert decoded
+    assert "flask_usage_request_duration_seconds_bucket{" in first
+    decoded.clear()
+    assert same() == first
+    assert decoded == []  # nothing decoded again: the keys, the indexes and the plan were kept
+
+    def lines(body: str) -> list[str]:  # in the files' order, which folding changes; the 'all' gauge goes
+        return sorted(line for line in body.splitlines() if "app_temp" not in line)
+
+    compact_dead_worker(str(tmp_path), pids[0])  # a fold: a new generation, the archives replaced
+    assert lines(same()) == lines(first)
+    compact_dead_worker(str(tmp_path), pids[1])
+    compact_dead_worker(str(tmp_path), 101)
+    assert lines(same()) == lines(first)  # every total kept
+    assert decoded == []  # the same keys, in new files: indexed again, never decoded again
+
+    out = MmapedDict(str(tmp_path / "counter_102.db"))  # a live worker counts on, and sees a new route
+    try:
+        out.write_value(mmap_key("app_requests", "app_requests_total", ["route"], ["/"], HELP), 9.0, time.time())
+        out.write_value(mmap_key("app_requests", "app_requests_total", ["route"], ["/new"], HELP), 1.0, time.time())
+    finally:
+        out.close()
+    grown = same()
+    assert 'app_requests_total{route="/"} 19.0' in grown  # 10 folded + 9 live
+    assert decoded == [mmap_key("app_requests", "app_requests_total", ["route"], ["/new"], HELP).encode()]
+
+    (tmp_path / "counter_102.db").unlink()  # the same name, another file (a new worker with the same pid)
+    write(tmp_path, "counter_102.db", {("app_requests", "app_requests_total", (("route", "/"),)): 1.0})
+    assert 'app_requests_total{route="/"} 11.0' in same()
+
+
+def test_a_scrape_through_render_is_the_directory_scrape_and_the_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_usage_otel.prometheus import render
+
+    worker_files(tmp_path, 1, requests=4, duration=0.5, info=1)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for accept in (None, "application/openmetrics-text; version=1.0.0"):
+        body, content_type = render(CollectorRegistry(), accept, True)
+        assert body == stock_scrape(tmp_path)
+        assert content_type.startswith("text/plain; version=0.0.4")

@@ -1,4 +1,9 @@
-"""The ``/metrics`` view: encoding a registry for a scrape, the scrape's authorisation, and adding the route."""
+"""The ``/metrics`` view: encoding a registry for a scrape, the scrape's authorisation, and adding the route.
+
+Our request metrics are written by :class:`~.renderer.Renderer` (in multiprocess mode, the directory by
+:class:`~.filescrape.DirectoryScrape`), each byte for byte what prometheus_client's encoders write and
+each checked once against them; when a check fails, the encoders write the whole scrape.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import hmac
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +22,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_exposition
 
 from ..config import MetricsAuth
-from .metrics import route_inventories
+from ..internals import ScrapeReads, select, single_process_values
+from .filescrape import scrape_directory
+from .metrics import owned_metrics, route_inventories
 from .multiprocess import LockedMultiProcessCollector
+from .renderer import ENCODERS, Collectors, Renderer, check_renderer, form_of
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -26,21 +34,46 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_usage_otel.prometheus")
 
 
+def _public_render(registry: Any, form: str, ours: Iterable[Any]) -> bytes:
+    return ENCODERS[form](registry)
+
+
+def select_renderer(reads: type[ScrapeReads] = ScrapeReads) -> Callable[[Any, str, Iterable[Any]], bytes]:
+    """Our renderer when its scrape of the check's registry is prometheus_client's; else the encoders."""
+    renderer = Renderer(reads)
+    if not single_process_values():  # throwaway metrics would land in the files; the directory is scraped instead
+        return _public_render
+    return select(
+        "prometheus_client's registry, children and value cells (read for /metrics)",
+        "prometheus-client",
+        lambda: check_renderer(Renderer(reads)),
+        renderer.render,
+        _public_render,
+    )
+
+
+render_registry = select_renderer()
+
+
 def render(registry: CollectorRegistry, accept: str | None, multiprocess: bool) -> tuple[bytes, str]:
     """Encode ``registry`` for a scrape that sent ``Accept: accept``: (body, content type)."""
-    if multiprocess:
-        inventories = route_inventories(registry)
-        registry = CollectorRegistry()
-        # Locked: gunicorn's child_exit may be folding a dead worker's files into the archive.
-        LockedMultiProcessCollector(registry)
-        for inventory in inventories:  # kept in no file: every worker reads the same URL map
-            registry.register(inventory)
     encoder, content_type = text_exposition.choose_encoder(accept or "")
     if multiprocess and content_type.startswith("application/openmetrics-text"):
         # Exemplars do not exist in multiprocess mode; plain text is the honest answer.
-        # (choose_encoder returns a functools.partial for OpenMetrics, so compare the type, not the function.)
         encoder, content_type = text_exposition.generate_latest, text_exposition.CONTENT_TYPE_PLAIN_0_0_4
-    return encoder(registry), content_type
+    form = form_of(encoder, accept)
+    if multiprocess:
+        inventories = Collectors(list(route_inventories(registry)))  # in no file: every worker reads the same URL map
+        files = scrape_directory() if form is not None else None
+        if files is None:  # prometheus_client's collector, locked: child_exit may be folding a dead worker's files
+            merged = CollectorRegistry()
+            LockedMultiProcessCollector(merged)
+            merged.register(inventories)  # type: ignore[arg-type]
+            return encoder(merged), content_type
+        return files + encoder(inventories), content_type
+    if form is None:
+        return encoder(registry), content_type
+    return render_registry(registry, form, owned_metrics(registry)), content_type
 
 
 @dataclass(frozen=True, slots=True)

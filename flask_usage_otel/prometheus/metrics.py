@@ -234,3 +234,12 @@ def route_inventories(registry: CollectorRegistry) -> Iterator[RouteInventory]:
     with _metrics_lock:
         found = list(_metrics_by_registry.get(registry, {}).values())
     return (metrics.routes for metrics in found)
+
+
+def owned_metrics(registry: CollectorRegistry) -> list[Any]:
+    """The request metrics of every metrics prefix on ``registry`` (what ``/metrics`` renders itself)."""
+    with _metrics_lock:
+        found = list(_metrics_by_registry.get(registry, {}).values())
+    names = ("requests", "duration", "first_byte", "response_size", "exceptions", "in_progress", "tracking_errors")
+    wrapped = (getattr(m, name) for m in found for name in names)
+    return [getattr(metric, "_metric", metric) for metric in wrapped]  # a _WithConstLabels holds the metric

@@ -71,12 +71,16 @@ class Compaction:
 
 
 @contextlib.contextmanager
-def directory_lock(path: str, *, shared: bool) -> Iterator[None]:
-    """Hold the directory's compaction lock: shared for reading, exclusive for compacting."""
+def directory_lock(path: str, *, shared: bool) -> Iterator[int]:
+    """Hold the directory's compaction lock: shared for reading, exclusive for compacting; yields its descriptor.
+
+    The lock file holds the directory's generation: a token each fold writes anew, so that a scrape
+    knows whether the archives, and the set of dead workers' files, are what it read last time.
+    """
     fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
@@ -96,7 +100,7 @@ class LockedMultiProcessCollector(MultiProcessCollector):
 
     def collect(self) -> Iterable[object]:
         with directory_lock(self.directory, shared=True):
-            files = [f for f in glob.glob(os.path.join(self.directory, "*.db")) if _has_data(f)]
+            files = metric_files_with_data(self.directory)
             # Materialised inside the lock: merge reads every file before it returns.
             return list(self.merge(files, accumulate=True))
 
@@ -112,7 +116,7 @@ def compact_dead_worker(path: str, pid: int) -> Compaction:
     folded = deleted = samples = 0
     if not metric_files_foldable():
         return Compaction(folded, deleted, samples)
-    with directory_lock(path, shared=False):
+    with directory_lock(path, shared=False) as lock:
         for kind in (*_SUMMED_TYPES, *(f"gauge_{mode}" for mode in _FOLDED_GAUGE_MODES)):
             dead = _existing(os.path.join(path, f"{kind}_{pid}.db"))
             if dead is None:
@@ -125,12 +129,23 @@ def compact_dead_worker(path: str, pid: int) -> Compaction:
             if dead is not None:
                 os.remove(dead)
                 deleted += 1
+        if folded or deleted:
+            os.ftruncate(lock, 0)
+            os.pwrite(lock, os.urandom(8).hex().encode("ascii"), 0)
     return Compaction(folded, deleted, samples)
 
 
 def archive_files(path: str) -> list[str]:
     """The archive files now in ``path``."""
     return sorted(glob.glob(os.path.join(glob.escape(path), f"*_{ARCHIVE_ID}.db")))
+
+
+def metric_files_with_data(path: str) -> list[str]:
+    """The files ``MultiProcessCollector.collect`` globs, in its (directory) order, but those still empty.
+
+    A scrape's families and series come in the order they are first met in this list.
+    """
+    return [f for f in glob.glob(os.path.join(path, "*.db")) if _has_data(f)]
 
 
 def _has_data(filename: str) -> bool:
