@@ -39,7 +39,9 @@ from .textformat import (
     plain_names,
 )
 
-_ESCAPINGS = (openmetrics_exposition.UNDERSCORES, openmetrics_exposition.ALLOWUTF8)
+# prometheus_client before 0.22 has no name escaping (and no such constants): its names are always legacy-safe.
+_UNDERSCORES = getattr(openmetrics_exposition, "UNDERSCORES", "underscores")
+_ESCAPINGS = (_UNDERSCORES, getattr(openmetrics_exposition, "ALLOWUTF8", "allow-utf-8"))
 """What the encoders do to names in the legacy character set under these: nothing, as here."""
 
 
@@ -245,7 +247,9 @@ def _check_registry() -> tuple[CollectorRegistry, list[Any]]:
         histogram.labels(text, "GET", "200").observe(index * 0.3)
         histogram.labels("/r", text, "500").observe(5.0, {"trace_id": "a" * 32})
         negative.labels(text).observe(-index)
-    for index, value in enumerate((math.nan, math.inf, -math.inf, -0.0, 1e20, 1234567.0, 1e-7, 123456.5)):
+    for index, value in enumerate(
+        (math.nan, math.inf, -math.inf, -0.0, 1e20, 1234567.0, 1e-7, 123456.5, 2**53 + 1.0, 1e15)
+    ):
         gauge.labels(str(index)).set(value)
     plain.inc(3)
     return registry, [counter, plain, gauge, histogram, negative, empty]
@@ -258,7 +262,7 @@ def _first_difference(fast: bytes, public: bytes) -> str:
 
 def form_of(encoder: Callable[..., bytes], accept: str | None) -> str | None:
     """TEXT or OPENMETRICS for what ``choose_encoder`` chose, or None when its escaping would change names."""
-    escaping = getattr(encoder, "keywords", {}).get("escaping", openmetrics_exposition.UNDERSCORES)
+    escaping = getattr(encoder, "keywords", {}).get("escaping", _UNDERSCORES)
     if escaping not in _ESCAPINGS:
         return None
     return OPENMETRICS if getattr(encoder, "func", encoder) is openmetrics_exposition.generate_latest else TEXT

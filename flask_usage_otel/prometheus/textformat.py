@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from prometheus_client.utils import floatToGoString
+
 TEXT, OPENMETRICS = "text", "openmetrics"
 EOF = "# EOF\n"
 
@@ -28,8 +30,8 @@ def go_float(value: float) -> str:
     text = repr(float(value))
     dot = text.find(".")
     if dot > 6 and value > 0:
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
+        # Go's exponent: the library's own spelling, which changed over its releases (e+015, then e+15).
+        return floatToGoString(value)
     if dot < 0:
         if text == "inf":
             return "+Inf"
