@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..internals import pymysql_socket
+
 WATCHDOG_TICK = 0.25
 """Seconds between the watchdog's checks: how late past its deadline a stuck call is cut."""
 
@@ -116,9 +118,10 @@ def cut(dbapi_connection: Any) -> None:
                 sock.close()  # closes the duplicate only; the driver still owns its descriptor
             return
     with contextlib.suppress(Exception):
-        sock = getattr(dbapi_connection, "_sock", None)  # PyMySQL
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
+        if type(dbapi_connection).__module__.startswith("pymysql"):
+            sock = pymysql_socket(dbapi_connection)
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 watchdog = Watchdog()

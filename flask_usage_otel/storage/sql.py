@@ -131,6 +131,7 @@ class SQLStorage(UsageReading, UsageErasure):
                 raise ValueError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
         self.write_timeout = write_timeout
         self._engine: sa.Engine | None = engine
+        self._engine_made = conn_str is not None
         if engine is not None:
             register_engine(engine)
         if conn_str is not None:
@@ -379,7 +380,8 @@ class SQLStorage(UsageReading, UsageErasure):
 
     def check_settings(self, settings: Settings) -> None:
         """Refuse, at ``init_app``, an engine these settings cannot write through (the key is named)."""
-        if not settings.sync_writes and self._engine is not None:
+        # An engine made from a URL shares its in-memory database (storage.engine); one given may not.
+        if not settings.sync_writes and self._engine is not None and not self._engine_made:
             _refuse_private_memory_database(self._engine)
 
     @property
