@@ -23,7 +23,6 @@ import os
 import platform
 import struct
 import tempfile
-import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -482,88 +481,6 @@ def select_compact_json(make: Callable[[], Callable[[Any], str]] = _c_compact_js
 
 compact_json: Callable[[Any], str] = select_compact_json()
 """``json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode``."""
-
-
-# -- SQLAlchemy: a StaticPool lent to one user at a time --------------------------------------
-
-
-def _exclusive_static_pool() -> type[Any]:
-    from sqlalchemy.pool import StaticPool
-
-    class ExclusiveStaticPool(StaticPool):
-        """``StaticPool`` (one connection for every thread), lent to one user at a time: the lock is taken
-        before the connection is handed out and released once it is back, after its reset-on-return
-        rollback, so a reader's rollback never discards another thread's open transaction."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._exclusive = threading.RLock()  # re-entrant: one thread may hold two checkouts
-
-        def _do_get(self) -> Any:
-            self._exclusive.acquire()
-            try:
-                return super()._do_get()
-            except BaseException:
-                self._exclusive.release()
-                raise
-
-        def _do_return_conn(self, record: Any) -> None:
-            try:
-                super()._do_return_conn(record)
-            finally:
-                self._exclusive.release()
-
-    return ExclusiveStaticPool
-
-
-def _shared_connection_pool() -> dict[str, Any]:
-    """The public way: a one-connection ``QueuePool`` whose creator always gives the same connection."""
-    import sqlite3
-
-    from sqlalchemy.pool import QueuePool
-
-    connection = sqlite3.connect(":memory:", check_same_thread=False)
-    return {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "creator": lambda: connection}
-
-
-def check_exclusive_pool(make: Callable[[], type[Any]] = _exclusive_static_pool) -> None:
-    """Two threads on one in-memory database: the second gets the connection only once the first gave it back."""
-    import sqlalchemy as sa
-
-    engine = sa.create_engine("sqlite://", poolclass=make(), connect_args={"check_same_thread": False})
-    try:
-        order: list[str] = []
-        tried = threading.Event()
-
-        def second() -> None:
-            tried.set()
-            with engine.connect():
-                order.append("second")
-
-        with engine.connect():
-            order.append("first")
-            other = threading.Thread(target=second, daemon=True)
-            other.start()
-            tried.wait(1.0)
-            other.join(0.05)  # it must still be waiting
-            order.append("first done")
-        other.join(1.0)
-        _expect(order, ["first", "first done", "second"], "checkouts of the one connection")
-    finally:
-        engine.dispose()
-
-
-def memory_sqlite_pool() -> dict[str, Any]:
-    """``create_engine`` options for an in-memory SQLite database every thread shares, one user at a time."""
-    if _memory_pool[0] is None:
-        fast = _exclusive_static_pool
-        chosen = select("sqlalchemy StaticPool._do_get/_do_return_conn", "sqlalchemy", check_exclusive_pool, fast, None)
-        _memory_pool[0] = chosen
-    make = _memory_pool[0]
-    return {"poolclass": make()} if make is not None else _shared_connection_pool()
-
-
-_memory_pool: list[Callable[[], type[Any]] | None] = [None]  # chosen at first use: the check opens a database
 
 
 # -- PyMySQL: the connection's socket ---------------------------------------------------------

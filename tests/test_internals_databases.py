@@ -1,12 +1,10 @@
-"""The database drivers' internals (internals.py): SQLAlchemy's pool hooks for the shared in-memory
-SQLite database, and PyMySQL's socket for the write deadline. Each fallback does the same job."""
+"""A database driver's internals (internals.py): PyMySQL's socket, cut at the write deadline. Its
+fallback does the same job, later."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,65 +22,8 @@ def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.Log
     ]
 
 
-@pytest.fixture(params=["fast", "fallback"])
-def memory_pool(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> Iterator[str]:
-    monkeypatch.setattr(internals, "_memory_pool", [None])
-    if request.param == "fallback":
-
-        def renamed() -> None:
-            raise AttributeError("StaticPool has no attribute '_do_get'")
-
-        monkeypatch.setattr(internals, "check_exclusive_pool", renamed)
-    with caplog.at_level(logging.WARNING, "flask_usage_otel"):
-        yield request.param
-
-
-def test_the_fast_pool_passes_its_check_here() -> None:
-    internals.check_exclusive_pool()
+def test_the_fast_path_passes_its_check_here() -> None:
     internals.check_pymysql_socket()
-
-
-def test_the_shared_in_memory_database_keeps_every_row_while_readers_read(
-    memory_pool: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Through TrackUsage and the real writer: a reader's rollback never discards the writer's batch."""
-    storage = SQLStorage("sqlite://")
-    app = Flask(f"memory_{memory_pool}")
-    app.config.update(TRACK_USAGE_OTEL=False, TRACK_USAGE_BATCH_SIZE=7, TRACK_USAGE_FLUSH_INTERVAL=0.01)
-    tracker = TrackUsage(app, storage, registry=CollectorRegistry())
-
-    @app.route("/r/<int:n>")
-    def page(n: int) -> str:
-        return "ok"
-
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            storage.get_usage(limit=5)
-
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    for reader in readers:
-        reader.start()
-    client = app.test_client()
-    try:
-        for n in range(300):
-            assert client.get(f"/r/{n}").status_code == 200
-            if n % 50 == 0:
-                time.sleep(0.005)
-        with app.app_context():
-            assert tracker.flush(30)
-    finally:
-        stop.set()
-        for reader in readers:
-            reader.join(10)
-    with storage.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(storage.table)).scalar() == 300
-    assert len(warnings_of(caplog, "_do_get")) == (1 if memory_pool == "fallback" else 0)
-    [sink] = [s for s in tracker._trackers[app].sinks if isinstance(s, StorageSink)]
-    sink.writer.shutdown(5)
 
 
 @pytest.mark.integration

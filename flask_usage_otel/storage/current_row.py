@@ -82,11 +82,6 @@ _BIG = COLUMN_LIMITS["content_length"]
 _TEXT_WIDTHS = tuple(COLUMN_WIDTHS[c] for c in CURRENT_ROW_COLUMNS[:20])  # the text columns' widths, in order
 
 
-NONE_AS_EMPTY = {None: ""}.get
-"""``NONE_AS_EMPTY(value, value)``: "" for None, else the value itself, so that joining the texts raises
-TypeError for any value that is not text, a falsy one (a username of 0) included."""
-
-
 def current_row(
     record: UsageRecord, timestamp: Callable[[float], Any], authorization: Callable[[Any], Any] | None
 ) -> tuple[Any, ...]:
@@ -150,38 +145,41 @@ def current_row(
         ua.synthetic,
     )
     try:
-        joined = "".join(map(NONE_AS_EMPTY, texts, texts))
+        joined = "".join(filter(None, texts))
         plain_text = joined.isascii() and "\x00" not in joined
     except TypeError:  # a value that is not text (a username given as a number)
         plain_text = False
     if plain_text:
         # Each value is only compared with its column's width. The parsed browser and platform,
         # the language tag, the synthetic type, the trace and span ids are never longer than their columns.
-        texts = (
-            blueprint if blueprint is None or len(blueprint) <= _BLUEPRINT else blueprint[:_BLUEPRINT],
-            remote_addr if remote_addr is None or len(remote_addr) <= _REMOTE_ADDR else remote_addr[:_REMOTE_ADDR],
-            xforwardedfor
-            if xforwardedfor is None or len(xforwardedfor) <= _XFORWARDEDFOR
-            else xforwardedfor[:_XFORWARDEDFOR],
-            path if path is None or len(path) <= _PATH else path[:_PATH],
-            username if username is None or len(username) <= _USERNAME else username[:_USERNAME],
-            method if method is None or len(method) <= _METHOD else method[:_METHOD],
-            route if route is None or len(route) <= _ROUTE else route[:_ROUTE],
-            endpoint if endpoint is None or len(endpoint) <= _ENDPOINT else endpoint[:_ENDPOINT],
-            user_agent if user_agent is None or len(user_agent) <= _USER_AGENT else user_agent[:_USER_AGENT],
-            server_name if server_name is None or len(server_name) <= _SERVER_NAME else server_name[:_SERVER_NAME],
-            protocol if protocol is None or len(protocol) <= _PROTOCOL else protocol[:_PROTOCOL],
-            exception if exception is None or len(exception) <= _EXCEPTION else exception[:_EXCEPTION],
-            trace_id if trace_id is None or len(trace_id) <= _TRACE_ID else trace_id[:_TRACE_ID],
-            span_id if span_id is None or len(span_id) <= _SPAN_ID else span_id[:_SPAN_ID],
-            url if url is None or len(url) <= _URL else url[:_URL],
-            texts[15],
-            texts[16],
-            texts[17] if texts[17] is None or len(texts[17]) <= _UA_VERSION else texts[17][:_UA_VERSION],
-            texts[18],
-            texts[19],
-        )
-    else:
+        try:
+            texts = (
+                blueprint if blueprint is None or len(blueprint) <= _BLUEPRINT else blueprint[:_BLUEPRINT],
+                remote_addr if remote_addr is None or len(remote_addr) <= _REMOTE_ADDR else remote_addr[:_REMOTE_ADDR],
+                xforwardedfor
+                if xforwardedfor is None or len(xforwardedfor) <= _XFORWARDEDFOR
+                else xforwardedfor[:_XFORWARDEDFOR],
+                path if path is None or len(path) <= _PATH else path[:_PATH],
+                username if username is None or len(username) <= _USERNAME else username[:_USERNAME],
+                method if method is None or len(method) <= _METHOD else method[:_METHOD],
+                route if route is None or len(route) <= _ROUTE else route[:_ROUTE],
+                endpoint if endpoint is None or len(endpoint) <= _ENDPOINT else endpoint[:_ENDPOINT],
+                user_agent if user_agent is None or len(user_agent) <= _USER_AGENT else user_agent[:_USER_AGENT],
+                server_name if server_name is None or len(server_name) <= _SERVER_NAME else server_name[:_SERVER_NAME],
+                protocol if protocol is None or len(protocol) <= _PROTOCOL else protocol[:_PROTOCOL],
+                exception if exception is None or len(exception) <= _EXCEPTION else exception[:_EXCEPTION],
+                trace_id if trace_id is None or len(trace_id) <= _TRACE_ID else trace_id[:_TRACE_ID],
+                span_id if span_id is None or len(span_id) <= _SPAN_ID else span_id[:_SPAN_ID],
+                url if url is None or len(url) <= _URL else url[:_URL],
+                texts[15],
+                texts[16],
+                texts[17] if texts[17] is None or len(texts[17]) <= _UA_VERSION else texts[17][:_UA_VERSION],
+                texts[18],
+                texts[19],
+            )
+        except TypeError:  # a falsy value that is not text (a username of 0): the join let it through
+            plain_text = False
+    if not plain_text:
         texts = tuple(map(clean_text, texts, _TEXT_WIDTHS))
     # An integer out of its column's range (a record made by hand, a hostile Content-Length) is NULL.
     if status is not None and not -_INT - 1 <= status <= _INT:

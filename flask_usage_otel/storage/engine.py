@@ -21,13 +21,14 @@ import contextlib
 import math
 import os
 import sqlite3
+import threading
 import weakref
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import StaticPool
 
-from ..internals import memory_sqlite_pool
 from .deadline import watchdog
 
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
@@ -63,8 +64,7 @@ def make_engine(
     memory = backend == "sqlite" and url.database in (None, "", ":memory:")
     if memory:
         # One shared connection, or the writer thread would get an empty database of its own.
-        for name, value in memory_sqlite_pool().items():  # one user at a time, see internals
-            options.setdefault(name, value)
+        options.setdefault("poolclass", ExclusiveStaticPool)
         connect_args.setdefault("check_same_thread", False)
     elif backend == "postgresql" and driver == "psycopg":
         if connect_timeout:
@@ -147,6 +147,33 @@ def _ping(dbapi_connection: Any, seconds: float | None) -> None:
                 cursor.close()
     except Exception as exc:
         raise sa_exc.DisconnectionError(f"connection check failed: {type(exc).__name__}") from None
+
+
+class ExclusiveStaticPool(StaticPool):
+    """SQLAlchemy's ``StaticPool`` (one connection for every thread), lent to one user at a time.
+
+    The lock is taken before the connection is handed out and released when it is
+    back (after its reset-on-return rollback), so a reader's rollback can never
+    discard another thread's open transaction.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._exclusive = threading.RLock()
+
+    def _do_get(self) -> Any:
+        self._exclusive.acquire()
+        try:
+            return super()._do_get()
+        except BaseException:
+            self._exclusive.release()
+            raise
+
+    def _do_return_conn(self, record: Any) -> None:
+        try:
+            super()._do_return_conn(record)
+        finally:
+            self._exclusive.release()
 
 
 def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:

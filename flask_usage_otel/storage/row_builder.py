@@ -37,7 +37,7 @@ from ..columns import (
 )
 from ..record import UNMATCHED_ROUTE
 from ..useragent import LONGEST_NAME, parse_user_agent
-from .current_row import CURRENT_ROW_COLUMNS, NONE_AS_EMPTY, current_row
+from .current_row import CURRENT_ROW_COLUMNS, current_row
 from .sql_text import EPOCH, clean_text, json_text, language, values_url
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class RowBuilder:
         if self._derived is not None:
             texts += self._derived(record)
         try:
-            joined = "".join(map(NONE_AS_EMPTY, texts, texts))
+            joined = "".join(map(_NONE_AS_EMPTY, texts, texts))  # a falsy value that is not text raises too
             plain_text = joined.isascii() and "\x00" not in joined
         except TypeError:  # a value that is not text (a username given as a number): clean each one
             plain_text = False
@@ -214,6 +214,9 @@ class RowBuilder:
                 converted[index] = convert(converted[index])
             values = tuple(converted)
         return (*texts, *documents, *values)
+
+
+_NONE_AS_EMPTY = {None: ""}.get  # (value, value): "" for None, else the value itself
 
 
 def _cut(text: str | None, width: int) -> str | None:

@@ -247,10 +247,10 @@ def engines_differ(stack: Stack, query: str) -> str | None:
     want = series_values(stack.prometheus.query(query, at))
     got = series_values(stack.victoria.query(query, at))
     if "histogram_quantile" in query:
-        # A quantile interpolates inside one bucket: a request landing at the edge of one engine's
-        # window moves it anywhere within its bucket (or to the next). Same bucket or a neighbour agrees.
+        # A quantile interpolates inside one bucket, and a route with a few requests in the window has
+        # a p99 that one request at the edge of either engine's window moves by a bucket or two.
         def agree(a: float, b: float) -> bool:
-            return abs(bisect.bisect_left(DEFAULT_BUCKETS, a) - bisect.bisect_left(DEFAULT_BUCKETS, b)) <= 1
+            return abs(bisect.bisect_left(DEFAULT_BUCKETS, a) - bisect.bisect_left(DEFAULT_BUCKETS, b)) <= 2
     else:
 
         def agree(a: float, b: float) -> bool:
