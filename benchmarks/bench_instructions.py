@@ -288,23 +288,23 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def targets(variants: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue 16's instruction-count targets, judged on this run's medians."""
+    """Issue 20's instruction-count targets ("no cost added"), judged on this run's medians."""
     prom_thread = _get(variants, "ours_prometheus", "request_thread")
     found = [
         _target(
             "instr_prometheus_vs_handwritten",
-            "instructions: ours Prometheus overhead / hand-written pair overhead <= 0.9",
+            "instructions: ours Prometheus overhead / hand-written pair overhead <= 1.0",
             _ratio(_get(variants, "ours_prometheus", "overhead"), _get(variants, "handwritten", "overhead")),
-            0.9,
+            1.0,
         )
     ]
     for key, db in (("ours_sql", "SQLite"), ("ours_sql_postgres", "PostgreSQL")):
         found.append(
             _target(
                 f"instr_sql_request_thread_{db.lower()}",
-                f"instructions: SQL rows on the request thread ({db}), over Prometheus only <= 10,000",
+                f"instructions: SQL rows on the request thread ({db}), over Prometheus only <= 36,000",
                 _minus(_get(variants, key, "request_thread"), prom_thread),
-                10_000,
+                36_000,
             )
         )
         found.append(
@@ -318,9 +318,9 @@ def targets(variants: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     found.append(
         _target(
             "instr_everything_vs_otel_instrumentation",
-            "instructions: ours everything-on overhead / opentelemetry-instrumentation-flask overhead <= 0.35",
+            "instructions: ours everything-on overhead / opentelemetry-instrumentation-flask overhead <= 0.38",
             _ratio(_get(variants, "ours_everything", "overhead"), _get(variants, "otel_instrumentation", "overhead")),
-            0.35,
+            0.38,
         )
     )
     return found

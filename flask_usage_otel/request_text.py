@@ -34,7 +34,11 @@ def full_url(scheme: str, host: str, script_root: str, path: str, query_string: 
     if prefix is not None and not _PATH_NEEDS_WORK(path) and not (query_string and _QUERY_NEEDS_WORK(query_string)):
         tail = path.lstrip("/")
         return f"{prefix}{tail}?{query_string}" if query_string else prefix + tail
-    return get_current_url(scheme, get_host(scheme, host), script_root, path, query_string.encode())
+    try:
+        return get_current_url(scheme, get_host(scheme, host), script_root, path, query_string.encode())
+    except ValueError:  # a Host Werkzeug < 3 cannot split as a URL ("[", an unclosed IPv6 bracket): kept as sent
+        tail = path.lstrip("/")
+        return f"{scheme}://{host}/{tail}" + (f"?{query_string}" if query_string else "")
 
 
 def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:
@@ -42,7 +46,10 @@ def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:
     normalised = get_host(scheme, host)
     if not normalised:
         return None
-    prefix = get_current_url(scheme, normalised, script_root, "")
+    try:
+        prefix = get_current_url(scheme, normalised, script_root, "")
+    except ValueError:  # Werkzeug < 3 refuses some hosts (an unclosed IPv6 bracket): the slow path decides
+        return None
     return prefix if prefix.endswith("/") else None
 
 

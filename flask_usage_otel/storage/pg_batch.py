@@ -101,7 +101,7 @@ def write_batch(
 def _claim_sql(pgconn: Any, table: str, batch_id: str, encoding: str) -> str:
     """The batch id's INSERT with its values written in (a query of several statements takes no parameters),
     quoted by libpq for this connection's settings."""
-    literal = pq.Escaping(pgconn).escape_literal(batch_id.encode(encoding)).decode(encoding)
+    literal = bytes(pq.Escaping(pgconn).escape_literal(batch_id.encode(encoding))).decode(encoding)  # memoryview < 3.2
     return f"INSERT INTO {table} (batch_id, written_at) VALUES ({literal}, '{utcnow().isoformat(' ')}')"
 
 
