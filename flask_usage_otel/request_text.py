@@ -36,6 +36,8 @@ def full_url(scheme: str, host: str, script_root: str, path: str, query_string: 
         return f"{prefix}{tail}?{query_string}" if query_string else prefix + tail
     try:
         return get_current_url(scheme, get_host(scheme, host), script_root, path, query_string.encode())
+    except UnicodeError:  # a lone surrogate: the caller decides (values_url cleans the text and asks again)
+        raise
     except ValueError:  # a Host Werkzeug < 3 cannot split as a URL ("[", an unclosed IPv6 bracket): kept as sent
         tail = path.lstrip("/")
         return f"{scheme}://{host}/{tail}" + (f"?{query_string}" if query_string else "")
@@ -48,6 +50,8 @@ def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:
         return None
     try:
         prefix = get_current_url(scheme, normalised, script_root, "")
+    except UnicodeError:
+        raise
     except ValueError:  # Werkzeug < 3 refuses some hosts (an unclosed IPv6 bracket): the slow path decides
         return None
     return prefix if prefix.endswith("/") else None
