@@ -72,6 +72,16 @@ class Requests:
         )
 
 
+class DownStorage:
+    """A storage whose database is down: every batch fails as a lost connection does, and waits in the queue."""
+
+    def store(self, records: Any) -> None:
+        raise ConnectionError("down")
+
+    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return []
+
+
 class ListStorage:
     """A storage that keeps records in a list (written synchronously with ``TRACK_USAGE_SYNC_WRITES``)."""
 

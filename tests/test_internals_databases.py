@@ -14,12 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import SQLStorage, TrackUsage, internals
 from flask_usage_otel.storage.sink import StorageSink
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [
-        r for r in caplog.records if r.name == "flask_usage_otel" and r.levelno == logging.WARNING and text in r.message
-    ]
+from tests.test_internals import warnings_of
 
 
 def test_the_fast_path_passes_its_check_here() -> None:

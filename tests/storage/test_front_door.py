@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from flask_usage_otel import PartitionedSQLStorage, SQLStorage, TrackUsage, UsageRecord
 from flask_usage_otel.record import CapturedRequest
 from flask_usage_otel.storage.sink import StorageSink
+from tests.conftest import DownStorage
 from tests.storage.conftest import POSTGRES_URL, drop_table, require_server, unique_table
 
 WAIT = 30.0
@@ -128,16 +129,6 @@ def test_a_storage_that_fails_every_batch_with_a_bug_is_counted_and_logged_once(
     assert tracebacks[0].exc_info[0] is AttributeError  # type: ignore[index]
 
 
-class DownStorage:
-    """A storage whose database is down: every batch waits in the queue."""
-
-    def store(self, records: Sequence[UsageRecord]) -> None:
-        raise ConnectionError("down")
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
-
-
 def queue_of(tracker: TrackUsage, app: Flask) -> Any:
     [sink] = [s for s in tracker._trackers[app].sinks if isinstance(s, StorageSink)]
     return sink.writer
@@ -229,3 +220,45 @@ def test_old_batch_ids_go_with_a_short_lived_writer_and_with_every_prune(db_url:
     finally:
         drop_table(storage.engine, table_name)
         storage.engine.dispose()
+
+
+class OwnStorage:
+    """An app's own storage, no SQLAlchemy, with a bug: it reads a record as the dict it is not."""
+
+    def store(self, records: Sequence[UsageRecord]) -> None:
+        print([record["path"] for record in records])
+
+    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return []
+
+
+def test_an_own_storage_with_a_bug_is_not_retried_forever_but_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A storage that says nothing of its errors: a programming error is no database to wait for."""
+    app, tracker, registry = tracked_app(OwnStorage())
+    with caplog.at_level(logging.WARNING, logger="flask_usage_otel"):
+        send(app, 30)
+        with app.app_context():
+            assert not tracker.flush(WAIT)
+    assert dropped(registry, "storage_error") == 30
+    assert registry.get_sample_value("flask_usage_storage_write_errors_total") >= 1
+    tracebacks = [r for r in caplog.records if r.exc_info and "storage_error" in r.getMessage()]
+    assert [r.exc_info[0] for r in tracebacks] == [TypeError]  # type: ignore[index]
+
+
+def test_with_synchronous_writes_a_storage_losing_a_record_costs_that_record_only() -> None:
+    """TRACK_USAGE_SYNC_WRITES: a Flask-Track-Usage storage that raises loses its record, counted; the
+    response is unaffected."""
+    seen: list[str] = []
+
+    def flaky(data: dict[str, Any]) -> None:
+        if data["path"] == "/items/1":
+            raise RuntimeError("disk full")
+        seen.append(data["path"])
+
+    app, _, registry = tracked_app(flaky, TRACK_USAGE_SYNC_WRITES=True)
+    send(app, 3)
+    assert seen == ["/items/0", "/items/2"]
+    assert dropped(registry, "storage_error") == 1
+    assert registry.get_sample_value("flask_usage_storage_rows_written_total") == 2

@@ -4,24 +4,13 @@ not the depth of the last failed attempt (the writer waits up to 15 s between at
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from flask_usage_otel import TrackUsage, UsageRecord
+from flask_usage_otel import TrackUsage
 from flask_usage_otel.storage.sink import StorageSink
-
-
-class DownStorage:
-    """A storage whose database is down."""
-
-    def store(self, records: Sequence[UsageRecord]) -> None:
-        raise ConnectionError("down")
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
+from tests.conftest import DownStorage
 
 
 def test_the_queue_gauge_follows_the_queue_while_the_writer_waits_to_retry() -> None:

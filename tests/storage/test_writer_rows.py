@@ -21,7 +21,7 @@ from flask_usage_otel.capture import MAX_DEPTH, Unserialisable, plain
 from flask_usage_otel.storage.sink import StorageSink
 from flask_usage_otel.storage.sql import SQLStorage
 from flask_usage_otel.writer import BatchWriter
-from tests.conftest import ListStorage
+from tests.conftest import DownStorage, ListStorage
 
 from .conftest import make_record
 
@@ -113,14 +113,6 @@ def test_plain_keeps_plain_data_and_refuses_what_cannot_be_made_plain() -> None:
         plain({"x": Explodes()})
     with pytest.raises(Unserialisable):
         plain(list(range(20_000)))
-
-
-class DownStorage:
-    def store(self, records: Sequence[Any]) -> None:
-        raise ConnectionError("down")
-
-    def get_usage(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return []
 
 
 def test_the_queue_is_bounded_in_bytes_and_counts_what_it_drops() -> None:
