@@ -511,3 +511,41 @@ def pymysql_socket(connection: Any) -> Any:
 
 
 _socket_reader: list[Callable[[Any], Any] | None] = [None]  # chosen at first use: PyMySQL is optional
+
+
+# -- opentelemetry-semconv: the incubating names ----------------------------------------------
+
+INCUBATING_NAMES = {
+    "ENDUSER_ID": ("attributes.enduser_attributes", "enduser.id"),
+    "HTTP_REQUEST_BODY_SIZE": ("attributes.http_attributes", "http.request.body.size"),
+    "HTTP_RESPONSE_BODY_SIZE": ("attributes.http_attributes", "http.response.body.size"),
+    "USER_AGENT_NAME": ("attributes.user_agent_attributes", "user_agent.name"),
+    "USER_AGENT_SYNTHETIC_TYPE": ("attributes.user_agent_attributes", "user_agent.synthetic.type"),
+    "USER_AGENT_VERSION": ("attributes.user_agent_attributes", "user_agent.version"),
+    "HTTP_SERVER_ACTIVE_REQUESTS": ("metrics.http_metrics", "http.server.active_requests"),
+}
+"""Names the conventions have not declared stable yet, which ``opentelemetry-semconv`` keeps only in its
+private ``_incubating`` modules: constant, module under ``_incubating``, the name the conventions give."""
+
+
+def _semconv_incubating(constant: str) -> str:
+    module, _ = INCUBATING_NAMES[constant]
+    return getattr(importlib.import_module("opentelemetry.semconv._incubating." + module), constant)  # type: ignore[no-any-return]
+
+
+def check_incubating_names(read: Callable[[str], str] = _semconv_incubating) -> None:
+    """Each constant, read from ``opentelemetry.semconv._incubating``, is the name the conventions give."""
+    for constant, (_, name) in INCUBATING_NAMES.items():
+        _expect(read(constant), name, constant)
+
+
+def incubating_name(constant: str) -> str:
+    """``constant`` of ``opentelemetry.semconv._incubating`` (``ENDUSER_ID``): its value when semconv still
+    has it as the conventions name it, else the conventions' name as written here."""
+    if not _incubating_checked:
+        select("the _incubating modules", "opentelemetry-semantic-conventions", check_incubating_names, None, None)
+        _incubating_checked.append(True)
+    return INCUBATING_NAMES[constant][1]
+
+
+_incubating_checked: list[bool] = []  # checked at first use: OpenTelemetry is optional

@@ -458,3 +458,62 @@ def test_directory_scrape_fallback_scrapes_byte_for_byte_as_the_directory_scrape
     assert b"flask_usage_requests_total{" in public[0]
     [warning] = warnings_of(caplog, "multiprocess file layout")
     assert "prometheus-client" in warning.message
+
+
+# -- opentelemetry-semconv's incubating names --------------------------------------------------
+
+SPAN_ATTRIBUTES = """
+import json, logging, sys
+logging.basicConfig(format="%(levelname)s %(name)s %(message)s")
+if sys.argv[1] == "broken":
+    # A release that moved the incubating names this package reads (the SDK's own stay).
+    for module in ("attributes.enduser_attributes", "attributes.user_agent_attributes"):
+        sys.modules["opentelemetry.semconv._incubating." + module] = None
+from flask import Flask
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+from flask_usage_otel import TrackUsage
+app = Flask("incubating")
+app.config.update(TRACK_USAGE_CAPTURE_USER=lambda: "user-42", TRACK_USAGE_OTEL_CAPTURE_USER=True)
+@app.route("/")
+def index():
+    return "ok"
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+TrackUsage(app, tracer_provider=provider, registry=CollectorRegistry())
+app.test_client().get("/", headers={"User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"})
+[span] = exporter.get_finished_spans()
+print(json.dumps(dict(span.attributes), sort_keys=True))
+"""
+
+
+def span_attributes(way: str) -> tuple[dict[str, Any], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", SPAN_ATTRIBUTES, way],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout), done.stderr
+
+
+def test_incubating_names_pass_their_check_here() -> None:
+    internals.check_incubating_names()
+    with pytest.raises(internals.Mismatch, match="ENDUSER_ID"):
+        internals.check_incubating_names(lambda constant: "end_user.id" if constant == "ENDUSER_ID" else "")
+
+
+def test_incubating_names_fallback_gives_the_span_the_same_attributes() -> None:
+    fast, quiet = span_attributes("fast")
+    public, log = span_attributes("broken")
+    assert public == fast
+    assert fast["enduser.id"] == "user-42"
+    assert fast["user_agent.synthetic.type"] == "bot"
+    assert "_incubating" not in quiet
+    assert log.count("the _incubating modules of opentelemetry-semantic-conventions") == 1

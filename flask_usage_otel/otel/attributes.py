@@ -23,16 +23,6 @@ import traceback
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.semconv._incubating.attributes.enduser_attributes import ENDUSER_ID
-from opentelemetry.semconv._incubating.attributes.http_attributes import (
-    HTTP_REQUEST_BODY_SIZE,
-    HTTP_RESPONSE_BODY_SIZE,
-)
-from opentelemetry.semconv._incubating.attributes.user_agent_attributes import (
-    USER_AGENT_NAME,
-    USER_AGENT_SYNTHETIC_TYPE,
-    USER_AGENT_VERSION,
-)
 from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.semconv.attributes.exception_attributes import (
@@ -52,6 +42,7 @@ from opentelemetry.semconv.attributes.url_attributes import URL_FULL, URL_PATH, 
 from opentelemetry.semconv.attributes.user_agent_attributes import USER_AGENT_ORIGINAL
 from werkzeug.urls import iri_to_uri
 
+from ..internals import incubating_name
 from ..privacy import scrub_span_attributes
 from ..record import OTHER, STANDARD_METHODS
 from ..request_text import first_language
@@ -59,6 +50,14 @@ from ..request_text import first_language
 if TYPE_CHECKING:
     from ..capture import RequestState
     from ..record import UsageRecord
+
+# Not stable in the conventions yet: from semconv's incubating modules, checked in internals.py.
+ENDUSER_ID = incubating_name("ENDUSER_ID")
+HTTP_REQUEST_BODY_SIZE = incubating_name("HTTP_REQUEST_BODY_SIZE")
+HTTP_RESPONSE_BODY_SIZE = incubating_name("HTTP_RESPONSE_BODY_SIZE")
+USER_AGENT_NAME = incubating_name("USER_AGENT_NAME")
+USER_AGENT_SYNTHETIC_TYPE = incubating_name("USER_AGENT_SYNTHETIC_TYPE")
+USER_AGENT_VERSION = incubating_name("USER_AGENT_VERSION")
 
 # -- names the conventions do not give (in the lowest opentelemetry-semconv the SDK floor installs) --
 

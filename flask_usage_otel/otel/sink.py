@@ -26,11 +26,11 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from flask import after_this_request, has_request_context
-from opentelemetry.semconv._incubating.metrics.http_metrics import HTTP_SERVER_ACTIVE_REQUESTS
 from opentelemetry.semconv.metrics.http_metrics import HTTP_SERVER_REQUEST_DURATION
 
 from ..capture import RequestState
 from ..config import DEFAULT_BUCKETS
+from ..internals import incubating_name
 from ..privacy import redact_secrets
 from ..sinks import Sink
 from ..useragent import synthetic_type
@@ -159,7 +159,9 @@ class OtelSink(Sink):
                 explicit_bucket_boundaries_advisory=duration_buckets,
             )
             self._active = meter.create_up_down_counter(
-                HTTP_SERVER_ACTIVE_REQUESTS, unit="{request}", description="Number of active HTTP server requests."
+                incubating_name("HTTP_SERVER_ACTIVE_REQUESTS"),
+                unit="{request}",
+                description="Number of active HTTP server requests.",
             )
 
     # -- steps ------------------------------------------------------------------------

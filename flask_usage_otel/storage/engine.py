@@ -12,7 +12,8 @@
   (SQLAlchemy's documented recipe), so the child opens its own connections and
   leaves the parent's sockets alone.
 - In-memory SQLite: one connection shared by every thread; a reader's rollback
-  would discard the writer's open batch, so each use holds the connection alone.
+  would discard the writer's open batch, so each use holds the connection alone
+  (:mod:`.shared_memory`).
 """
 
 from __future__ import annotations
@@ -21,17 +22,18 @@ import contextlib
 import math
 import os
 import sqlite3
-import threading
 import weakref
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool
 
 from .deadline import watchdog
+from .shared_memory import SharedMemoryDatabase
 
 _engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+_shared_memory_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 def make_engine(
@@ -62,9 +64,11 @@ def make_engine(
     options.setdefault("hide_parameters", True)
     connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
     memory = backend == "sqlite" and url.database in (None, "", ":memory:")
-    if memory:
+    shared_memory = memory and "poolclass" not in options and "creator" not in options
+    if shared_memory:
         # One shared connection, or the writer thread would get an empty database of its own.
-        options.setdefault("poolclass", ExclusiveStaticPool)
+        options.update(poolclass=NullPool, creator=SharedMemoryDatabase())
+    elif memory:
         connect_args.setdefault("check_same_thread", False)
     elif backend == "postgresql" and driver == "psycopg":
         if connect_timeout:
@@ -100,6 +104,8 @@ def make_engine(
         engine = sa.create_engine(url, connect_args=connect_args, **options)
     except (sa_exc.NoSuchModuleError, ModuleNotFoundError) as exc:  # `mysql://` wants MySQLdb, not installed
         raise ValueError(_use_instead(url, exc)) from None
+    if shared_memory:
+        _shared_memory_engines.add(engine)
     if backend == "sqlite" and not memory:
         sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
     elif "pool_pre_ping" not in options:  # the caller's own choice wins
@@ -126,6 +132,11 @@ def _use_instead(url: sa.URL, error: Exception) -> str:
     return f"{problem}: use {fixed!r} (its driver: {_PACKAGES[better.partition('+')[2]]})"
 
 
+def shares_memory_database(engine: sa.Engine) -> bool:
+    """Whether ``engine`` is an in-memory SQLite engine made here: one database for every thread."""
+    return engine in _shared_memory_engines
+
+
 def register_engine(engine: sa.Engine) -> None:
     """Make ``engine`` safe to use after ``fork`` (its pool is emptied in the child)."""
     _engines.add(engine)
@@ -147,33 +158,6 @@ def _ping(dbapi_connection: Any, seconds: float | None) -> None:
                 cursor.close()
     except Exception as exc:
         raise sa_exc.DisconnectionError(f"connection check failed: {type(exc).__name__}") from None
-
-
-class ExclusiveStaticPool(StaticPool):
-    """SQLAlchemy's ``StaticPool`` (one connection for every thread), lent to one user at a time.
-
-    The lock is taken before the connection is handed out and released when it is
-    back (after its reset-on-return rollback), so a reader's rollback can never
-    discard another thread's open transaction.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._exclusive = threading.RLock()
-
-    def _do_get(self) -> Any:
-        self._exclusive.acquire()
-        try:
-            return super()._do_get()
-        except BaseException:
-            self._exclusive.release()
-            raise
-
-    def _do_return_conn(self, record: Any) -> None:
-        try:
-            super()._do_return_conn(record)
-        finally:
-            self._exclusive.release()
 
 
 def _sqlite_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import SingletonThreadPool, StaticPool
+from sqlalchemy.pool import StaticPool
 
 from ..columns import COLUMN_WIDTHS, LEGACY_COLUMNS
 from ..config import ConfigError
 from ..ftu_names import warn_legacy_name
 from . import sql_errors
 from .deadline import WriteTimeout, watchdog
-from .engine import make_engine, register_engine
+from .engine import make_engine, register_engine, shares_memory_database
 from .erasure import UsageErasure
 from .reading import FILTER_COLUMNS, SUMMARY_COLUMNS, UsageReading
 from .sql_batches import AlreadyWritten, BatchLog, batch_table
@@ -399,7 +399,7 @@ def _refuse_private_memory_database(engine: sa.Engine) -> None:
     written from the writer thread; with every write on the request thread (as in Flask-Track-Usage), it works."""
     url = engine.url
     memory = url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-    if memory and (isinstance(engine.pool, SingletonThreadPool) or not isinstance(engine.pool, StaticPool)):
+    if memory and not (shares_memory_database(engine) or isinstance(engine.pool, StaticPool)):
         raise ConfigError(
             "TRACK_USAGE_SYNC_WRITES",
             "SQLStorage's in-memory SQLite engine gives each thread a database of its own, so the writer "
