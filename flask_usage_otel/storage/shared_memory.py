@@ -28,7 +28,10 @@ class _Turn:
     __slots__ = ("_depth", "_guard", "_owner", "_waiting")
 
     def __init__(self) -> None:
-        self.reset()
+        self._guard = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting: deque[tuple[int, threading.Lock]] = deque()
 
     def take(self) -> None:
         me = threading.get_ident()
@@ -54,13 +57,6 @@ class _Turn:
             else:
                 self._owner = None
                 self._depth = 0
-
-    def reset(self) -> None:
-        """A free connection (also after ``fork``: the child's only thread starts with it free)."""
-        self._guard = threading.Lock()
-        self._owner: int | None = None
-        self._depth = 0
-        self._waiting: deque[tuple[int, threading.Lock]] = deque()
 
 
 class _Loan:
@@ -124,8 +120,10 @@ _databases: weakref.WeakSet[SharedMemoryDatabase] = weakref.WeakSet()
 
 
 def _free_after_fork() -> None:
+    # The child's only thread starts with the database free; a loan taken before the fork gives
+    # back to the old turn, which no one waits on any more.
     for database in list(_databases):
-        database._turn.reset()
+        database._turn = _Turn()
 
 
 if hasattr(os, "register_at_fork"):
