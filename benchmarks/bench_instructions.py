@@ -10,8 +10,10 @@ request thread is reported apart. Afterwards the variant must prove it did its w
 request counted by its metrics, each row in its table, each span exported, else it fails.
 
 The same process counts a little differently when its memory sits elsewhere (addresses feed
-hashes and alignment), so every variant runs once per *layout*: the environment padded by a
-different number of bytes. The table gives the median and the spread over layouts.
+hashes and alignment) and when its classes get other version tags (CPython's method cache: see
+``layout_child.py``), so every variant runs once per *layout*: the environment padded by a
+different number of bytes, and one throwaway class made per 10 bytes of padding before anything
+is imported. The table gives the median and the spread over layouts.
 
     python benchmarks/bench_instructions.py [--quick] [--variants a,b] [--requests N] [--annotate]
 
@@ -201,7 +203,7 @@ def run_variant(key: str, requests: int, warmup: int, padding: int, out_dir: Pat
         old.unlink()
     result_path = out_dir / f"{key}-pad{padding}.json"
     env = {**os.environ, LAYOUT_ENV: "x" * padding, "PYTHONHASHSEED": "0"}
-    argv = [sys.executable, str(BENCH_DIR / "bench_instructions.py"), "--child", key]
+    argv = [sys.executable, str(BENCH_DIR / "layout_child.py"), "--child", key]
     argv += ["--requests", str(requests), "--warmup", str(warmup), "--result", str(result_path)]
     start = time.monotonic()
     proc = subprocess.run(
