@@ -143,9 +143,10 @@ class RequestState:
         return build_record(self.context, captured)
 
 
-def capture(state: RequestState) -> CapturedRequest:
+def capture(state: RequestState, headers: dict[str, list[str]] | None = None) -> CapturedRequest:
     """The finished request as a :class:`CapturedRequest`: ``g.track_var`` and the view arguments
-    copied into plain data, the size measured.
+    copied into plain data, the size measured. ``headers``: the header attributes its log record
+    carries (``TRACK_USAGE_OTEL_LOGS_HEADERS``), counted in the size; None for none.
 
     Runs on the request thread for every tracked request that a storage or log sink consumes:
     the usual case (no ``track_var``, no or a few plain ``view_args``) is a couple of type checks
@@ -169,6 +170,8 @@ def capture(state: RequestState) -> CapturedRequest:
         if track_var is not None:
             track_var = _plain_mapping(track_var, budget)
         size += budget[1]
+    if headers is not None:
+        size += _headers_size(headers)
     return _new_captured(
         CapturedRequest,
         (
@@ -190,8 +193,17 @@ def capture(state: RequestState) -> CapturedRequest:
             state.secrets,
             size,
             values,
+            headers,
         ),
     )
+
+
+def _headers_size(headers: dict[str, list[str]]) -> int:
+    """Bytes the captured header attributes hold: their characters, and an object's overhead for each."""
+    characters = 0
+    for name, values in headers.items():
+        characters += len(name) + sum(map(len, values))
+    return characters + 3 * VALUE_OVERHEAD_BYTES * len(headers)  # per header: its name, list and value
 
 
 def plain(value: Any) -> Any:

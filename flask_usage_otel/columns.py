@@ -32,6 +32,9 @@ class RecordField:
     doc: str = ""
     optional: bool = False
     """Defaults to None when a ``UsageRecord`` is made without it."""
+    stored: bool = True
+    """Whether the usage table keeps it (in a column of its own, or within ``url``). A field that is
+    not stored reaches every storage's ``store`` and ``as_dict``, never a SQL row or the CSV export."""
 
 
 RECORD_FIELDS: tuple[RecordField, ...] = (
@@ -63,10 +66,22 @@ RECORD_FIELDS: tuple[RecordField, ...] = (
     RecordField("trace_id", str | None, optional=True),
     RecordField("span_id", str | None, optional=True),
     RecordField("ip_info", Mapping[str, Any] | None, optional=True),
+    RecordField(
+        "headers",
+        Mapping[str, list[str]] | None,
+        "The headers ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` name, as the span's attributes "
+        "(``http.request.header.x-request-id`` -> ``[value]``, sanitised), when ``TRACK_USAGE_OTEL_LOGS_HEADERS`` "
+        "asks for them on log records; else None. No column: headers are for log records only.",
+        optional=True,
+        stored=False,
+    ),
 )
 """Every field of a ``UsageRecord``, in order; names follow Flask-Track-Usage's where it had one."""
 
 RECORD_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS)
+
+UNSTORED_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.stored)
+"""Record fields no column is written from (``tests/test_columns.py`` holds every column to this)."""
 
 
 class Kind(Enum):

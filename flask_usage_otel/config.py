@@ -47,13 +47,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 # Response sizes, bytes: one bucket per decade from 1 kB (a small JSON answer) to 10 MB. Coarser
 # than the latency buckets, and without the status label: each label set of the size histogram
 # costs every scrape one line per bucket (see docs/prometheus.md, "What a scrape costs").
-DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (
-    1_000.0,
-    10_000.0,
-    100_000.0,
-    1_000_000.0,
-    10_000_000.0,
-)
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
 
 _METRIC_PREFIX_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -123,6 +117,7 @@ class Settings:
     otel_metrics: bool | None = None
     otel_capture_user: bool = False
     otel_logs: bool = False
+    otel_logs_headers: bool = False  # log records carry the headers OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* name
     otel_env: OtelEnvironment = NO_OTEL_VARIABLES  # OpenTelemetry's own OTEL_* variables (otel_env.py)
 
 
@@ -356,6 +351,7 @@ _KEYS: dict[str, tuple[str, Parser]] = {
     "OTEL_METRICS": ("otel_metrics", _optional_bool),
     "OTEL_CAPTURE_USER": ("otel_capture_user", _bool),
     "OTEL_LOGS": ("otel_logs", _bool),
+    "OTEL_LOGS_HEADERS": ("otel_logs_headers", _bool),
 }
 
 # Flask-Track-Usage's keys: accepted so an existing config keeps working.

@@ -93,6 +93,10 @@ class RequestTracker:
         # are read only when a sink will read them.
         self._wants_capture = any(s.uses_record for s in self.sinks)
         self._wants_details = self._wants_capture or any(s.uses_user for s in self.sinks)
+        # The headers a log record carries (TRACK_USAGE_OTEL_LOGS_HEADERS): None for every other app.
+        self._headers = next(
+            (s.record_headers for s in self.sinks if s.uses_record and s.record_headers is not None), None
+        )
         # One key per tracker: two tracked apps nested in one WSGI stack keep apart.
         self.environ_key = f"flask_usage_otel.{id(self):x}"
         self._inner: WsgiApp | None = None
@@ -344,7 +348,11 @@ class RequestTracker:
             self._hook_failed("finish")
         if self._wants_capture:
             try:
-                state.captured = capture(state)
+                headers = self._headers
+                if headers is None:
+                    state.captured = capture(state)
+                else:  # the request's headers as its environ holds them, the response's as it started
+                    state.captured = capture(state, headers.exchange(state.request.environ, exchange.headers))
             except (Unserialisable, RecursionError) as exc:  # its record alone is lost, counted by each sink
                 state.capture_error = exc
             except Exception as exc:

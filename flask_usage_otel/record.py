@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from .columns import RECORD_FIELD_NAMES, RECORD_FIELDS
-from .privacy import REDACTED, redact_secrets
+from .privacy import REDACTED, redact_secrets, scrub_span_attributes
 from .request_text import first_language, full_url
 from .useragent import UserAgentInfo, parse_user_agent
 
@@ -169,6 +169,9 @@ class CapturedRequest(NamedTuple):
     environ: tuple[str | None, ...]
     """The raw WSGI environ values of ``ENVIRON_KEYS``, in that order (one field: copying them out of
     the environ is one C call, and so is carrying them)."""
+    headers: dict[str, list[str]] | None
+    """The captured header attributes (``TRACK_USAGE_OTEL_LOGS_HEADERS``), sanitised but not yet
+    anonymised; None when none are asked for."""
 
 
 def build_record(context: RecordContext, captured: CapturedRequest) -> UsageRecord:
@@ -196,6 +199,7 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
         secrets,
         _size,
         environ,
+        headers,
     ) = captured
     (
         scheme,
@@ -212,6 +216,9 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
         accept_language,
         protocol,
     ) = environ
+    if headers and context.anonymizer is not None:
+        # As on the span: forwarding headers, and any naming the client's raw address (the raw values here).
+        headers = _anonymized_headers(headers, context.anonymizer, remote_addr, xforwardedfor)
     if not "".join(filter(None, environ)).isascii():
         # The client's text, decoded from WSGI's latin-1 as the UTF-8 it sent (only when one is not ASCII).
         http_host, script_name, path_info, query_string, xforwardedfor, user_agent, accept_language = map(
@@ -263,11 +270,21 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
             trace_id,
             span_id,
             ip_info,
+            headers,
         ),
     )
 
 
 _new_record = tuple.__new__  # the record from a ready tuple of its fields, in one C call
+
+
+def _anonymized_headers(
+    headers: dict[str, list[str]], anonymizer: Anonymizer, remote_addr: str | None, xforwardedfor: str | None
+) -> dict[str, list[str]]:
+    """The header attributes with client addresses anonymised exactly as the span's are (``otel/extras.py``)."""
+    raw = {"REMOTE_ADDR": remote_addr, "HTTP_X_FORWARDED_FOR": xforwardedfor}
+    fixes = scrub_span_attributes(headers, raw, anonymizer, None)
+    return {**headers, **fixes} if fixes else headers
 
 
 def _without_secrets(

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 from functools import partial
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .capture import RequestState
 from .record import RecordContext, build_record
 from .writer import BatchWriter, Observer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from .config import Settings
     from .writer import Target
 
-__all__ = ["QueueingSink", "RequestState", "Sink", "overrides"]
+__all__ = ["HeaderSource", "QueueingSink", "RequestState", "Sink", "overrides"]
+
+
+class HeaderSource(Protocol):
+    """Picks a finished request's headers for its record (``otel.headers.HeaderCapture``)."""
+
+    def exchange(
+        self, environ: Mapping[str, Any], response_headers: Iterable[tuple[str, str]] | None
+    ) -> dict[str, list[str]] | None: ...
 
 
 class Sink:
@@ -38,6 +48,9 @@ class Sink:
     then the request is captured once when it finishes, with the user and ``g.track_var``."""
     uses_user = False
     """Whether ``finish`` reads ``state.username`` without the rest of the record."""
+    record_headers: HeaderSource | None = None
+    """With ``uses_record``: what picks the headers the record carries (``record.headers``), or None
+    for none. The request's are captured by the first sink's, once, when the request finishes."""
 
     def start(self, state: RequestState) -> None:
         """The request was matched to a URL rule and accepted for tracking, before any

@@ -19,6 +19,7 @@ from flask_usage_otel.columns import (
     RECORD_FIELD_NAMES,
     RECORD_FIELDS,
     TEXT_COLUMNS,
+    UNSTORED_FIELDS,
     Kind,
 )
 from flask_usage_otel.record import UsageRecord
@@ -40,13 +41,30 @@ def test_the_record_type_is_made_of_the_field_list() -> None:
     assert [getattr(record, name) for name in optional] == [None] * len(optional)
 
 
-def test_every_record_field_is_stored_and_every_column_comes_from_a_record_field() -> None:
+def test_every_record_field_is_stored_but_the_unstored_and_every_column_comes_from_a_record_field() -> None:
     fields = set(UsageRecord._fields)
     sources = {c.record_field for c in COLUMNS if c.record_field is not None}
     assert sources - fields == {"url"}  # a property of the record, built from URL_PARTS and path
     assert isinstance(UsageRecord.url, property)
-    assert fields - sources == URL_PARTS
+    assert fields - sources == URL_PARTS | set(UNSTORED_FIELDS)
     assert [c.name for c in COLUMNS if c.record_field is None] == ["id"]
+
+
+def test_the_captured_headers_are_a_record_field_and_never_a_column() -> None:
+    """``headers`` (TRACK_USAGE_OTEL_LOGS_HEADERS) is for log records: no column, row, export or reader has it."""
+    assert UNSTORED_FIELDS == ("headers",)
+    (field,) = [f for f in RECORD_FIELDS if f.name == "headers"]
+    assert field.optional
+    assert not field.stored
+    assert all(c.record_field not in UNSTORED_FIELDS for c in COLUMNS)
+    assert "headers" not in {c.name for c in COLUMNS} | set(EXPORT_COLUMNS) | set(CSV_COLUMNS)
+    assert "headers" not in usage_table("t").columns
+    builder = RowBuilder([c.name for c in COLUMNS], COLUMN_WIDTHS)
+    assert "headers" not in builder.columns
+    captured = {"http.request.header.x-request-id": ["req-77"]}
+    record = UsageRecord(*range(sum(not f.optional for f in RECORD_FIELDS)), headers=captured)
+    assert record.headers == captured
+    assert record._asdict()["headers"] == captured  # as_dict gives every field, this one included
 
 
 def test_table_is_built_from_the_list() -> None:

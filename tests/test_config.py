@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert settings.exclude_paths_re is None
     assert settings.queue_bytes == 64 * 1024 * 1024
     assert settings.batch_linger == 0.05
+    assert settings.otel_logs_headers is False
 
 
 @pytest.mark.parametrize(
@@ -59,6 +60,8 @@ def test_defaults() -> None:
         ("TRACK_USAGE_CAPTURE_USER", "email"),
         ("TRACK_USAGE_ANONYMIZE_IP", "scramble"),
         ("TRACK_USAGE_OTEL_EXPORTER", "zipkin"),
+        ("TRACK_USAGE_OTEL_LOGS_HEADERS", "maybe"),
+        ("TRACK_USAGE_OTEL_LOGS_HEADERS", None),
     ],
 )
 def test_bad_value_fails_at_init_app_naming_the_key(key: str, value: object) -> None:

@@ -66,6 +66,9 @@ MEANINGS: dict[str, str] = {
     "TRACK_USAGE_QUEUE_BYTES": "most bytes the waiting rows may hold; more are dropped and counted",
     "TRACK_USAGE_BATCH_LINGER": "seconds the writer waits for a partial batch to fill",
     "TRACK_USAGE_OTEL_LOGS": "emit each tracked request's record as an OpenTelemetry log record",
+    "TRACK_USAGE_OTEL_LOGS_HEADERS": (
+        "log records also carry the headers `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*` put on spans"
+    ),
 }
 # A meaning for a key config.py does not have (yet, or any more) is simply not shown.
 

@@ -264,6 +264,8 @@ def record_attributes(record: UsageRecord, known_methods: frozenset[str] = STAND
     """A ``UsageRecord`` as log record attributes: the span's (same names, same values), the
     response body sizes, the parsed user agent, ``url.full``, and ``flask_usage.*`` for the
     fields no convention names. ``known_methods``: ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``.
+    The span's captured headers (``http.request.header.*``, ``http.response.header.*``) when the
+    record carries them (``TRACK_USAGE_OTEL_LOGS_HEADERS``).
 
     The record keeps no WSGI server name: a request without a Host header has its
     ``record.host`` made of ``SERVER_NAME`` and ``SERVER_PORT`` already. Mappings
@@ -315,6 +317,9 @@ def record_attributes(record: UsageRecord, known_methods: frozenset[str] = STAND
     for key, value in (("view_args", record.view_args), ("track_var", record.track_var), ("ip_info", record.ip_info)):
         if value:
             attributes[FLASK_USAGE + key] = json.dumps(value, default=str)
+    headers = record.headers  # the span's http.*.header.* (TRACK_USAGE_OTEL_LOGS_HEADERS), sanitised and anonymised
+    if headers:
+        attributes.update(headers)
     return attributes
 
 

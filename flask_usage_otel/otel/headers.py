@@ -47,7 +47,8 @@ def environ_key_of(name: str) -> str:
 
 
 class HeaderCapture:
-    """Which headers go on the span, as attributes: built once per sink from the settings."""
+    """Which headers go on the span (and, with ``TRACK_USAGE_OTEL_LOGS_HEADERS``, on the log record),
+    as attributes: built once per sink, and once per tracked app for log records, from the settings."""
 
     __slots__ = ("_names", "_request", "_response", "_sanitize", "captures_response")
 
@@ -91,6 +92,17 @@ class HeaderCapture:
             if pattern.fullmatch(name):
                 attributes[_REQUEST + name] = [self._value(name, value)]
         return attributes
+
+    def exchange(
+        self, environ: Mapping[str, Any], response_headers: Iterable[tuple[str, str]] | None
+    ) -> dict[str, list[str]] | None:
+        """Both kinds of a finished request, for its record: the request's from its environ, the
+        response's from the headers it started with (None when it never started); None when neither
+        names a header."""
+        attributes = self.request(environ)
+        if response_headers is not None and self.captures_response:
+            attributes.update(self.response(response_headers))
+        return attributes or None
 
     def response(self, headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
         """``http.response.header.*`` of the headers the response starts with."""

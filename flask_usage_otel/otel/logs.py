@@ -223,8 +223,14 @@ class OtelLogSink(QueueingSink):
     ) -> None:
         self._counter = counter
         self._provider = provider
+        env = settings.otel_env
+        if settings.otel_logs_headers:
+            from .headers import HeaderCapture
+
+            # The span's header attributes, by the same variables: captured when the request finishes.
+            self.record_headers = HeaderCapture(env) if HeaderCapture.wanted(env) else None
         super().__init__(
-            LogRecordTarget(otel_logger, counter, settings.otel_env.known_methods),
+            LogRecordTarget(otel_logger, counter, env.known_methods),
             context,
             settings,
             _DropObserver(dropped) if dropped is not None else None,

@@ -119,6 +119,7 @@ def current_row(
         trace_id,
         span_id,
         ip_info,
+        _headers,  # for log records only: no column (columns.UNSTORED_FIELDS)
     ) = record
     url = values_url(scheme, host, script_root, path, query_string)
     ua = parse_user_agent(user_agent)  # cached: one parse per distinct header

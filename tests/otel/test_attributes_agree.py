@@ -49,8 +49,15 @@ REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+Signals = tuple[Flask, TrackUsage, InMemorySpanExporter, InMemoryMetricReader, InMemoryLogRecordExporter]
+
+
 @pytest.fixture
-def signals() -> tuple[Flask, TrackUsage, InMemorySpanExporter, InMemoryMetricReader, InMemoryLogRecordExporter]:
+def signals() -> Signals:
+    return make_signals()
+
+
+def make_signals(config: dict[str, Any] | None = None) -> Signals:
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
@@ -68,6 +75,7 @@ def signals() -> tuple[Flask, TrackUsage, InMemorySpanExporter, InMemoryMetricRe
             "TRACK_USAGE_CAPTURE_USER": lambda: "u-7",
             "TRACK_USAGE_OTEL_CAPTURE_USER": True,
             "TRACK_USAGE_FLUSH_INTERVAL": 0.05,
+            **(config or {}),
         }
     )
     app.logger.disabled = True
@@ -101,11 +109,13 @@ def signals() -> tuple[Flask, TrackUsage, InMemorySpanExporter, InMemoryMetricRe
     return app, tracker, spans, reader, logs
 
 
-def send_all(app: Flask, tracker: TrackUsage) -> list[int]:
+def send_all(app: Flask, tracker: TrackUsage, headers: dict[str, str] | None = None) -> list[int]:
     client = app.test_client()
     statuses = []
     for method, path, options in REQUESTS:
         options = {"environ_base": {"REMOTE_ADDR": "203.0.113.77"}, **options}
+        if headers:
+            options["headers"] = {**headers, **options.get("headers", {})}
         statuses.append(client.open(path, method=method, **options).status_code)
     with app.app_context():
         assert tracker.flush(10)
@@ -125,19 +135,20 @@ def duration_points(reader: InMemoryMetricReader) -> Counter[frozenset[tuple[str
     return points
 
 
-def test_spans_metrics_and_log_records_agree(signals) -> None:
-    app, tracker, span_exporter, reader, log_exporter = signals
-    statuses = send_all(app, tracker)
-    assert statuses.count(200) == len(REQUESTS) - 4
-    assert sorted(s for s in statuses if s != 200) == [404, 405, 500, 500]
-
+def by_span(
+    span_exporter: InMemorySpanExporter, log_exporter: InMemoryLogRecordExporter
+) -> tuple[dict[int, ReadableSpan], dict[int, dict[str, Any]]]:
+    """Each request's span and its log record's attributes, keyed by span id."""
     spans: dict[int, ReadableSpan] = {s.context.span_id: s for s in server_spans(span_exporter)}
     logs = {log.log_record.span_id: dict(log.log_record.attributes) for log in log_exporter.get_finished_logs()}
     assert len(spans) == len(logs) == len(REQUESTS)
     assert set(spans) == set(logs)
+    return spans, logs
 
-    # Every attribute of each span is on its log record, with the same value.
-    disagreements = {}
+
+def disagreements(spans: dict[int, ReadableSpan], logs: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per path, each span attribute whose log record's value differs: (span's, log record's)."""
+    found = {}
     for span_id, span in spans.items():
         span_attributes = dict(span.attributes)
         log_attributes = logs[span_id]
@@ -147,10 +158,24 @@ def test_spans_metrics_and_log_records_agree(signals) -> None:
             if log_attributes.get(key) != value
         }
         if differing:
-            disagreements[span_attributes["url.path"]] = differing  # (span's, log record's)
-    # One difference: the record keeps the method as Flask gives it, upper-cased, so a log record
-    # has no `get` to name as the original of `GET` (the span reads it from the environ).
-    assert disagreements == {"/items/12": {"http.request.method_original": ("get", None)}}
+            found[span_attributes["url.path"]] = differing
+    return found
+
+
+# One difference: the record keeps the method as Flask gives it, upper-cased, so a log record
+# has no `get` to name as the original of `GET` (the span reads it from the environ).
+ONLY_DISAGREEMENT = {"/items/12": {"http.request.method_original": ("get", None)}}
+
+
+def test_spans_metrics_and_log_records_agree(signals) -> None:
+    app, tracker, span_exporter, reader, log_exporter = signals
+    statuses = send_all(app, tracker)
+    assert statuses.count(200) == len(REQUESTS) - 4
+    assert sorted(s for s in statuses if s != 200) == [404, 405, 500, 500]
+
+    spans, logs = by_span(span_exporter, log_exporter)
+    # Every attribute of each span is on its log record, with the same value.
+    assert disagreements(spans, logs) == ONLY_DISAGREEMENT
 
     # The metric's attribute sets are the spans' attributes restricted to the metric's keys.
     points = duration_points(reader)
@@ -215,3 +240,40 @@ def test_active_requests_use_the_durations_method_and_scheme(signals) -> None:
     }
     assert active_sets == duration_sets
     assert all(point.value == 0 for point in active.data.data_points)
+
+
+def test_log_records_carry_the_spans_headers_with_the_same_values(monkeypatch) -> None:
+    """TRACK_USAGE_OTEL_LOGS_HEADERS: the span's captured headers, sanitised and anonymised, on the log record."""
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST",
+        "X-Request-Id,x-forwarded-for,X-Client,Authorization,Content-Type,Content-Length,Host",
+    )
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "content-.*,allow")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS", "request-id")
+    app, tracker, span_exporter, _, log_exporter = make_signals({"TRACK_USAGE_OTEL_LOGS_HEADERS": True})
+    headers = {
+        "X-Request-Id": "r-1",
+        "X-Forwarded-For": "198.51.100.4, 192.0.2.9",
+        "X-Client": "203.0.113.77",  # the raw client address, in any captured header, is anonymised
+        "Authorization": "Bearer raw-token",
+    }
+    send_all(app, tracker, headers)
+    spans, logs = by_span(span_exporter, log_exporter)
+    assert disagreements(spans, logs) == ONLY_DISAGREEMENT
+    prefixes = ("http.request.header.", "http.response.header.")
+    for span_id, span in spans.items():
+        span_headers = {k: v for k, v in span.attributes.items() if k.startswith(prefixes)}
+        assert span_headers == {k: v for k, v in logs[span_id].items() if k.startswith(prefixes)}
+        assert span_headers["http.request.header.authorization"] == ("[REDACTED]",)
+        assert span_headers["http.request.header.x-request-id"] == ("[REDACTED]",)
+        assert span_headers["http.response.header.content-type"][0].startswith("text/")
+    by_path = {span.attributes["url.path"]: logs[span_id] for span_id, span in spans.items()}
+    first = by_path["/items/1"]
+    assert first["http.request.header.host"] == ("shop.example:8443",)
+    assert first["http.request.header.x-forwarded-for"] == ("198.51.100.0, 192.0.2.0",)
+    assert first["http.request.header.x-client"] == ("203.0.113.0",)
+    assert "http.request.header.content-type" not in first  # a GET without a body
+    assert by_path["/items/15"]["http.request.header.content-length"] == ("5",)  # WSGI's CONTENT_LENGTH
+    assert by_path["/items/14"]["http.response.header.allow"]  # the 405's Allow header
+    assert by_path["/boom"]["http.response.status_code"] == 500
+    assert "raw-token" not in repr(logs)

@@ -102,7 +102,7 @@ def _assert_pay_spans(received: Received) -> None:
 
 
 def test_docs_have_the_four_set_ups() -> None:
-    assert len(DOC_BLOCKS) == 7  # the four set-ups in five, then the OTel variables and the hooks
+    assert len(DOC_BLOCKS) == 8  # the four set-ups in five, the OTel variables, headers on log records, the hooks
     assert "configure_opentelemetry" not in DOC_BLOCKS[0] + DOC_BLOCKS[1]
 
 

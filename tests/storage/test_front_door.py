@@ -262,3 +262,41 @@ def test_with_synchronous_writes_a_storage_losing_a_record_costs_that_record_onl
     assert seen == ["/items/0", "/items/2"]
     assert dropped(registry, "storage_error") == 1
     assert registry.get_sample_value("flask_usage_storage_rows_written_total") == 2
+
+
+def test_headers_captured_for_log_records_never_reach_a_row(
+    storage: SQLStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRACK_USAGE_OTEL_LOGS_HEADERS beside a SQL storage: the log records carry the headers, no row holds one."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "x-marker-.*")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE", "x-marker-.*")
+    logs = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    app = Flask("headers_front_door")
+    app.config.update(TRACK_USAGE_OTEL=False, TRACK_USAGE_OTEL_LOGS=True, TRACK_USAGE_OTEL_LOGS_HEADERS=True)
+    app.config.update(TRACK_USAGE_FLUSH_INTERVAL=0.05)
+
+    @app.route("/items/<int:item_id>")
+    def item(item_id: int) -> tuple[str, dict[str, str]]:
+        return "ok", {"X-Marker-Out": f"marker-out-{item_id}"}
+
+    tracker = TrackUsage(app, storage, registry=CollectorRegistry(), logger_provider=provider)
+    client = app.test_client()
+    for i in range(5):
+        assert client.get(f"/items/{i}", headers={"X-Marker-In": f"marker-in-{i}"}).status_code == 200
+    with app.app_context():
+        assert tracker.flush(WAIT)
+    attributes = [dict(log.log_record.attributes) for log in logs.get_finished_logs()]
+    assert sorted(a["http.request.header.x-marker-in"] for a in attributes) == [(f"marker-in-{i}",) for i in range(5)]
+    assert sorted(a["http.response.header.x-marker-out"] for a in attributes) == [
+        (f"marker-out-{i}",) for i in range(5)
+    ]
+    assert "headers" not in storage.table.columns
+    with storage.engine.connect() as conn:
+        rows = [dict(row) for row in conn.execute(sa.select(storage.table)).mappings()]
+    assert len(rows) == 5
+    assert "marker" not in repr(rows)
