@@ -48,14 +48,12 @@ class RequestState:
     """
 
     __slots__ = (
-        "authorization",
         "blueprint",
         "capture_error",
         "captured",
         "context",
         "context_token",
         "endpoint",
-        "environ_values",
         "error",
         "exception",
         "first_byte",
@@ -75,7 +73,6 @@ class RequestState:
         "trace_id",
         "track_var",
         "username",
-        "view_args",
     )
 
     def __init__(
@@ -114,22 +111,10 @@ class RequestState:
         # Seconds to the first chunk of body handed to the server (the headers go with it); the
         # duration itself when the body was in memory, since the server sends it all at once then.
         self.first_byte = 0.0
-        self.environ_values: tuple[str | None, ...] | None = None
-        self.authorization = False
-        self.view_args: dict[str, Any] | None = None
         # Secret URL variables (TRACK_USAGE_REDACT_VIEW_ARGS) as (name, value), read when admitted.
         self.secrets: tuple[tuple[str, str], ...] = ()
         self.captured: CapturedRequest | None = None
         self.capture_error: BaseException | None = None
-
-    def copy_environ(self) -> None:
-        """Copy the raw environ values a record needs, so the request itself can be let go."""
-        if self.environ_values is None:
-            req = self.request
-            environ = req.environ
-            self.environ_values = tuple(map(environ.get, ENVIRON_KEYS))
-            self.authorization = "HTTP_AUTHORIZATION" in environ
-            self.view_args = req.view_args
 
     @property
     def record(self) -> UsageRecord:
@@ -139,6 +124,8 @@ class RequestState:
         """
         captured = self.captured
         if captured is None:
+            if self.request is None:  # finished, and it could not be captured
+                raise Unserialisable(f"the request was not captured ({self.capture_error!r})")
             captured = capture(self)
         return build_record(self.context, captured)
 
@@ -154,12 +141,11 @@ def capture(state: RequestState, headers: dict[str, list[str]] | None = None) ->
 
     :raises Unserialisable: a value is too deep, too large, or its conversion to text failed.
     """
-    values = state.environ_values
-    if values is None:
-        state.copy_environ()
-        values = state.environ_values
-    size = ROW_OVERHEAD_BYTES + len("".join(filter(None, values)))  # type: ignore[arg-type]
-    view_args = state.view_args
+    req = state.request
+    environ = req.environ
+    values = tuple(map(environ.get, ENVIRON_KEYS))  # the raw values, so the request itself can be let go
+    size = ROW_OVERHEAD_BYTES + len("".join(filter(None, values)))
+    view_args = req.view_args
     track_var = state.track_var
     # None or an empty dict (most requests' track_var, every rule without variables) is kept as
     # it is; a mapping with items is copied, so later changes by the app are not seen.
@@ -189,7 +175,7 @@ def capture(state: RequestState, headers: dict[str, list[str]] | None = None) ->
             state.exception,
             state.trace_id,
             state.span_id,
-            state.authorization,
+            "HTTP_AUTHORIZATION" in environ,  # its presence only, never the header
             state.secrets,
             size,
             values,

@@ -99,6 +99,7 @@ class RequestTracker:
         )
         # One key per tracker: two tracked apps nested in one WSGI stack keep apart.
         self.environ_key = f"flask_usage_otel.{id(self):x}"
+        self.after_request = self._make_after_request()
         self._inner: WsgiApp | None = None
         self._view_functions: dict[str, Any] = {}
         self._blueprints: dict[str, Any] = {}
@@ -254,24 +255,38 @@ class RequestTracker:
         except Exception:
             self._hook_failed("got_request_exception")
 
-    def after_request(self, response: Response) -> Response:
-        """The response is made and the request context still exists.
+    def _make_after_request(self) -> Callable[[Response], Response]:
+        """The ``after_request`` hook: the response is made and the request context still exists.
 
         ``g.track_var`` is copied here, while a value bound to the request context (the
         session, any ``LocalProxy``) can still be read: the request finishes after Flask has
         popped the context, when such a value can no longer be turned into plain data.
         The app's own user callable runs here too, after every other ``after_request``.
+
+        A plain function, not a bound method: Flask asks every hook of every request whether it is
+        a coroutine function, and a method takes one step more to answer.
         """
-        try:
-            exchange = request._get_current_object().environ.get(self.environ_key)  # type: ignore[attr-defined]
-            if exchange is not None:
-                state = exchange.state
-                if state is not None and exchange.g is not None:
-                    self._capture_details(state, exchange.g, resolve=True)
-                    exchange.g = None  # captured: finish has nothing left to read from g
-        except Exception:
-            self._hook_failed("after_request")
-        return response
+        key = self.environ_key
+        current_request = request._get_current_object  # type: ignore[attr-defined]
+        # Nothing to copy unless g holds a track_var or a logged-in user: the state's defaults stand.
+        only_established_user = self._capture_user == "id"
+
+        def after_request(response: Response) -> Response:
+            try:
+                exchange = current_request().environ.get(key)
+                if exchange is not None:
+                    state = exchange.state
+                    ctx_g = exchange.g
+                    if state is not None and ctx_g is not None:
+                        found = ctx_g.__dict__
+                        if not only_established_user or found.get("track_var") or "_login_user" in found:
+                            self._capture_details(state, ctx_g, resolve=True)
+                        exchange.g = None  # captured: finish has nothing left to read from g
+            except Exception:
+                self._hook_failed("after_request")
+            return response
+
+        return after_request
 
     def _admit(self, exchange: Exchange, req: Request) -> None:
         """Decide once whether the request is tracked; start the sinks of a tracked one."""
