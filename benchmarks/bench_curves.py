@@ -3,7 +3,8 @@
 1. ``/metrics`` render time against label sets (routes x statuses x methods), in process, and
    against the number of gunicorn workers' files in the multiprocess directory;
 2. rows/s the writer keeps up with when each database round trip takes 0, 1 or 5 ms more
-   (PostgreSQL behind a loopback proxy that delays every packet: latency_proxy.py);
+   (PostgreSQL, and MariaDB when it listens, behind a loopback proxy that delays every packet:
+   latency_proxy.py);
 3. ``get_usage`` and the summaries on a plain and a partitioned PostgreSQL table of growing size
    (filled inside the database with generate_series);
 4. the bytes one queued row costs in memory (tracemalloc) and one stored row costs on disk.
@@ -214,9 +215,14 @@ def run_curves(settings: dict[str, Any], only: Sequence[str] = CURVES) -> dict[s
     if "workers" in only:
         curves["workers"] = workers_curve(settings["workers"], settings["worker_routes"], settings["repeats"])
     if "writer" in only or "storage" in only:
-        import curves_storage  # PostgreSQL only for these two
+        import curves_storage  # the databases' curves
     if "writer" in only:
         curves["writer"] = curves_storage.writer_curve(settings["rtt_ms"], settings["writer_rows"])
+        mariadb = curves_storage.MARIADB_URL
+        if curves_storage.reachable(mariadb):
+            curves["writer_mariadb"] = curves_storage.writer_curve(settings["rtt_ms"], settings["writer_rows"], mariadb)
+        else:
+            print("MariaDB is not reachable: the writer's curve is PostgreSQL's only", file=sys.stderr)
     if "storage" in only:
         curves["storage"] = curves_storage.storage_curve(settings["table_rows"], settings["repeats"])
     if "bytes" in only:
@@ -239,6 +245,9 @@ def fits(curves: dict[str, Any]) -> dict[str, Any]:
     add("render_ms_by_worker_files", curves.get("workers", []), "workers", "render_ms")
     add("writer_rows_per_s_by_rtt", [p for p in curves.get("writer", []) if p["rtt_ms"] > 0], "rtt_ms", "rows_per_s")
     add("writer_ms_per_batch_by_rtt", curves.get("writer", []), "rtt_ms", "ms_per_batch")
+    mariadb = curves.get("writer_mariadb", [])
+    add("writer_mariadb_rows_per_s_by_rtt", [p for p in mariadb if p["rtt_ms"] > 0], "rtt_ms", "rows_per_s")
+    add("writer_mariadb_ms_per_batch_by_rtt", mariadb, "rtt_ms", "ms_per_batch")
     add("queued_bytes_by_rows", curves.get("queued_bytes", []), "rows", "bytes_per_row")
     for kind in ("plain", "partitioned"):
         points = [p for p in curves.get("storage", []) if p["kind"] == kind]
@@ -273,19 +282,21 @@ def draw(data: dict[str, Any], directory: Path) -> list[Path]:
             )
         )
     if "writer" in curves:
-        writer = curves["writer"]
+        series = {}
+        for key, name in (("writer", "PostgreSQL"), ("writer_mariadb", "MariaDB")):
+            if key in curves:
+                points = curves[key]
+                series[name + ": {intercept:.1f} ms + {slope:.1f} x RTT per batch"] = (
+                    [p["rtt_ms"] for p in points],
+                    [p["ms_per_batch"] for p in points],
+                )
         drawn.append(
             plot(
                 directory / "curve-writer-rtt.png",
                 "Writer: time per batch against the database's round trip",
                 "added round-trip time (ms)",
                 "ms per batch of 500 rows (rows/s = 500,000 / ms)",
-                {
-                    "batches of 500 rows: {intercept:.1f} ms + {slope:.1f} x RTT each": (
-                        [p["rtt_ms"] for p in writer],
-                        [p["ms_per_batch"] for p in writer],
-                    ),
-                },
+                series,
                 log_x=False,
                 log_y=False,
             )

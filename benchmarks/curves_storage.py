@@ -1,9 +1,11 @@
-"""The database curves of bench_curves.py: the writer against round-trip time, reads and bytes
-against table size (plain and partitioned PostgreSQL)."""
+"""The database curves of bench_curves.py: the writer against round-trip time (PostgreSQL and
+MariaDB), reads and bytes against table size (plain and partitioned PostgreSQL)."""
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,20 +20,30 @@ from flask_usage_otel import PartitionedSQLStorage, SQLStorage
 from flask_usage_otel.writer import BatchWriter
 
 BATCH = 500
+MARIADB_URL = os.environ.get("BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
-def writer_curve(rtt_ms: Sequence[float], rows: int) -> list[dict[str, Any]]:
-    """Rows/s the writer keeps up with through a proxy adding ``rtt`` to each round trip.
+def reachable(url: str) -> bool:
+    """Whether something listens where ``url`` points."""
+    parsed = sa.engine.make_url(url)
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((parsed.host or "127.0.0.1", parsed.port or 3306)) == 0
+
+
+def writer_curve(rtt_ms: Sequence[float], rows: int, database: str = POSTGRES_URL) -> list[dict[str, Any]]:
+    """Rows/s the writer keeps up with into ``database`` through a proxy adding ``rtt`` to each round trip.
 
     The slope of milliseconds per batch against the round-trip time is the number of round trips
     a batch takes.
     """
-    url = sa.engine.make_url(POSTGRES_URL)
+    url = sa.engine.make_url(database)
+    port = url.port or (5432 if url.get_backend_name() == "postgresql" else 3306)
     points = []
     for rtt in rtt_ms:
-        proxy = LatencyProxy(url.port or 5432, rtt)
+        proxy = LatencyProxy(port, rtt, url.host or "127.0.0.1")
         try:
-            rate = steady_writer_rows_per_s(url.set(port=proxy.port).render_as_string(False), rows)
+            rate = steady_writer_rows_per_s(url.set(host="127.0.0.1", port=proxy.port).render_as_string(False), rows)
         finally:
             proxy.close()
         points.append({"rtt_ms": rtt, "rows_per_s": rate, "ms_per_batch": BATCH / rate * 1e3})

@@ -121,7 +121,7 @@ def _batch_table(storage: Any, conn: sa.Connection, inspector: sa.Inspector, exi
             f"table {batches.name!r} lacks {', '.join(lacking)}: it is not this package's table of batch ids",
             "drop or rename it, then run `flask usage create-tables`",
         )
-    # The writer's first statement in every batch: a read-only user or replica fails here, not silently later.
+    # The batch id's INSERT, in every batch the writer sends: a read-only user or replica fails here, not later.
     conn.rollback()  # the looks above began a transaction
     try:
         with conn.begin() as transaction:

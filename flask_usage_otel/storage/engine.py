@@ -14,6 +14,8 @@
 - In-memory SQLite: one connection shared by every thread; a reader's rollback
   would discard the writer's open batch, so each use holds the connection alone
   (:mod:`.shared_memory`).
+- MariaDB/MySQL through PyMySQL: connections take several statements in one query, so a
+  batch, its id and its COMMIT cost one round trip (:mod:`.mysql_batch`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
+from . import mysql_batch
 from .deadline import watchdog
 from .shared_memory import SharedMemoryDatabase
 
@@ -52,6 +55,10 @@ def make_engine(
     MariaDB's session ``wait_timeout``. Lock waits end with the statement deadline
     (``lock_timeout``, ``innodb_lock_wait_timeout``), so a retry never waits long behind one.
 
+    MariaDB/MySQL through PyMySQL: the connections take several statements in one query, and the
+    pool gives them back through ``mysql_batch``'s reset (unless ``options`` set
+    ``pool_reset_on_return``), so a batch costs one round trip.
+
     :raises ValueError: the URL names a dialect or driver SQLAlchemy cannot load (``postgres://``,
         ``mysql://`` without mysqlclient): the message gives the URL to use instead.
     """
@@ -63,6 +70,10 @@ def make_engine(
         raise ValueError(_use_instead(url, exc)) from None
     options.setdefault("hide_parameters", True)
     connect_args: dict[str, Any] = dict(options.pop("connect_args", {}))
+    multi_statements = backend in ("mysql", "mariadb") and driver == "pymysql"
+    own_reset = multi_statements and "pool_reset_on_return" not in options
+    if own_reset:
+        options["pool_reset_on_return"] = None  # mysql_batch's reset does it, without a batch's needless ROLLBACK
     memory = backend == "sqlite" and url.database in (None, "", ":memory:")
     shared_memory = memory and "poolclass" not in options and "creator" not in options
     if shared_memory:
@@ -106,6 +117,8 @@ def make_engine(
         raise ValueError(_use_instead(url, exc)) from None
     if shared_memory:
         _shared_memory_engines.add(engine)
+    if multi_statements:
+        mysql_batch.enable(engine, reset=own_reset)
     if backend == "sqlite" and not memory:
         sa.event.listen(engine, "connect", _sqlite_write_ahead_log)
     elif "pool_pre_ping" not in options:  # the caller's own choice wins

@@ -306,8 +306,9 @@ class SQLStorage(UsageReading, UsageErasure):
     # -- writing -------------------------------------------------------------------------
 
     def store(self, records: Sequence[UsageRecord]) -> None:
-        """Insert a batch of records in one transaction (one ``executemany`` INSERT, or ``COPY`` on PostgreSQL,
-        where the batch, its id and the COMMIT take two round trips).
+        """Insert a batch of records in one transaction (one ``executemany`` INSERT; ``COPY`` on PostgreSQL,
+        where the batch, its id and the COMMIT take two round trips; on MariaDB/MySQL through PyMySQL with an
+        engine made from a URL, one query and one round trip).
 
         A batch from the storage writer carries a ``batch_id``, recorded in the same
         transaction, so a retry after a lost COMMIT answer never writes it twice.
@@ -358,12 +359,17 @@ class SQLStorage(UsageReading, UsageErasure):
             if prepare is not None:
                 prepare(self.engine)  # its summary tables, made once
         claim = batch_id if inserter.batch_ids else None
-        with self.engine.begin() as conn:
-            dbapi_connection = conn.connection.dbapi_connection
-            watchdog.attach(dbapi_connection)
-            inserter.insert(conn, records, self._batch_log, claim, last=not self.batch_hooks)
-            for hook in self.batch_hooks:
-                hook(conn, records)
+        with self.engine.connect() as conn:
+            watchdog.attach(conn.connection.dbapi_connection)
+            if not self.batch_hooks and inserter.commits_itself(conn):
+                # One query from BEGIN to COMMIT (MariaDB/MySQL: mysql_batch): SQLAlchemy's transaction around
+                # it would add a COMMIT of its own, a round trip more.
+                inserter.insert(conn, records, self._batch_log, claim, last=True)
+                return
+            with conn.begin():
+                inserter.insert(conn, records, self._batch_log, claim, last=not self.batch_hooks)
+                for hook in self.batch_hooks:
+                    hook(conn, records)
 
     def _inserter(self) -> Inserter:
         """The compiled INSERT for the table as it is now (rebuilt after ``upgrade_table``)."""

@@ -10,8 +10,9 @@ requests. The rules that keep it cheap:
 - values that repeat across requests (the language of an ``Accept-Language``
   header, a parsed user agent) are computed once per distinct input;
 - the INSERT is compiled once per table layout and sent with the driver's own
-  ``executemany`` (SQLite, MySQL/MariaDB) or ``COPY`` (PostgreSQL with psycopg 3),
-  never re-compiled or re-bound by SQLAlchemy per row.
+  ``executemany`` (SQLite, mysqlclient), ``COPY`` (PostgreSQL with psycopg 3) or one
+  multi-row INSERT in the batch's one query (PyMySQL), never re-compiled or re-bound by
+  SQLAlchemy per row.
 
 Every strategy writes a batch inside the caller's transaction, so a batch is
 written completely or not at all.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .. import columns as column_defs
+from . import mysql_batch
 from .row_builder import RowBuilder
 from .sql_text import TRUNCATED_JSON_KEY, clean_text, json_text, record_url, values_url
 
@@ -102,10 +104,12 @@ class Inserter:
 
     Picks the path per driver: PostgreSQL with psycopg 3 gets ``COPY ... FROM STDIN`` with the
     batch id and the COMMIT in the same query (two round trips for the batch, no per-row
-    statement on the server: ``pg_batch``); SQLite's and the MySQL
-    drivers' own ``executemany`` take tuples straight (PyMySQL and mysqlclient send one
-    multi-row INSERT); any other driver goes through SQLAlchemy's ``insert()`` with dicts,
-    which knows its best batching (insertmanyvalues).
+    statement on the server: ``pg_batch``); MariaDB/MySQL through PyMySQL, on an engine the
+    storage made, one multi-row INSERT with the batch id and the COMMIT in one query (one
+    round trip: ``mysql_batch``); SQLite's and the MySQL drivers' own ``executemany`` take
+    tuples straight (PyMySQL and mysqlclient send one multi-row INSERT); any other driver
+    goes through SQLAlchemy's ``insert()`` with dicts, which knows its best batching
+    (insertmanyvalues).
     """
 
     def __init__(self, table: sa.Table, columns: Sequence[str], widths: Mapping[str, int], dialect: sa.Dialect):
@@ -151,6 +155,13 @@ class Inserter:
         self._marker = marker if self.method != "copy" else ""
         self._target = target
         self._names = names
+        # PyMySQL's one-query batch (mysql_batch): the INSERT up to VALUES as sent (no `%` doubled), one row's markers.
+        self._one_query: tuple[str, str] | None = None
+        if self.method == "executemany" and driver == "pymysql":
+            raw_names = ", ".join(_raw_identifier(preparer, c) for c in self.builder.columns)
+            markers = f"({', '.join(['%s'] * len(self.builder.columns))})"
+            self._one_query = (f"INSERT INTO {_raw_table(preparer, table)} ({raw_names}) VALUES ", markers)
+        self._claims: dict[sa.Table, str] = {}
         self._statements: dict[tuple[bool, ...], tuple[str, Callable[[tuple[Any, ...]], tuple[Any, ...]] | None]] = {}
 
     def insert(
@@ -166,7 +177,8 @@ class Inserter:
 
         The caller's transaction commits or rolls back the whole batch. ``last``: nothing else
         follows in the transaction, so PostgreSQL's COPY path commits it with the batch (the
-        caller's commit then has nothing left to do).
+        caller's commit then has nothing left to do), and so does PyMySQL's one query, which
+        is then sent with no transaction of the caller's open (:meth:`commits_itself`).
 
         :raises AlreadyWritten: the batch id was recorded already (a retry of a committed batch).
         """
@@ -178,6 +190,11 @@ class Inserter:
                 claim = (_raw_table(self._dialect.identifier_preparer, batch_log.table), batch_log.table.name, batch_id)
             write_batch(conn, self.sql, lambda: self.builder.rows(records), claim, commit=last)
             return
+        if self.commits_itself(conn):
+            assert self._one_query is not None
+            one = None if batch_log is None or batch_id is None else (self._claim(batch_log.table), batch_id)
+            mysql_batch.write_batch(conn, self._one_query, self.builder.rows(records), one, commit=last)
+            return
         rows = self.builder.rows(records)
         if batch_log is not None and batch_id is not None:
             batch_log.claim(conn, batch_id)
@@ -188,6 +205,20 @@ class Inserter:
         else:
             columns = self.builder.columns
             conn.execute(self._table.insert(), [dict(zip(columns, row, strict=True)) for row in rows])
+
+    def commits_itself(self, conn: sa.Connection) -> bool:
+        """Whether a batch on ``conn`` is one query that can end with its COMMIT (``mysql_batch``): then
+        no transaction of SQLAlchemy's may be open around it, whose COMMIT would cost a round trip more."""
+        return self._one_query is not None and mysql_batch.can_write(conn)
+
+    def _claim(self, table: sa.Table) -> str:
+        """The INSERT of a batch id into ``table`` up to its values, as sent."""
+        claim = self._claims.get(table)
+        if claim is None:
+            preparer = self._dialect.identifier_preparer
+            names = ", ".join(_raw_identifier(preparer, c) for c in ("batch_id", "written_at"))
+            claim = self._claims[table] = f"INSERT INTO {_raw_table(preparer, table)} ({names}) VALUES "
+        return claim
 
     def _insert_sqlite(self, conn: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
         """``executemany`` with ``NULL`` written into the statement for the columns None in every row of the batch.
