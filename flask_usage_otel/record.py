@@ -231,7 +231,7 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
         xforwardedfor = context.anonymizer.chain(xforwardedfor)
     scheme = scheme or "http"
     query_string = query_string or ""
-    if context.redactor is not None:
+    if query_string and context.redactor is not None:
         # Before anything derives from it: url, url_args and every row, export and callable storage.
         query_string = context.redactor.query(query_string)
     # As werkzeug's Request.path: decoded, exactly one leading slash.
@@ -255,7 +255,7 @@ def build_record(context: RecordContext, captured: CapturedRequest) -> UsageReco
             blueprint,
             view_args,
             status,
-            _content_length(content_length),
+            None if content_length is None else _content_length(content_length),
             response_size,
             remote_addr,
             xforwardedfor,

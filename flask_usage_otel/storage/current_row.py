@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..columns import COLUMN_LIMITS, COLUMN_WIDTHS
+from ..request_text import first_language, full_url
 from ..useragent import parse_user_agent
-from .sql_text import clean_text, json_text, language, values_url
+from .sql_text import MAX_CACHED_LANGUAGE, cached_language, clean_text, json_text, values_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,7 +122,10 @@ def current_row(
         ip_info,
         _headers,  # for log records only: no column (columns.UNSTORED_FIELDS)
     ) = record
-    url = values_url(scheme, host, script_root, path, query_string)
+    try:
+        url = full_url(scheme, host, script_root, path, query_string)
+    except UnicodeEncodeError:  # a lone surrogate: the nearest URL that can be stored
+        url = values_url(scheme, host, script_root, path, query_string)
     ua = parse_user_agent(user_agent)  # cached: one parse per distinct header
     texts = (
         blueprint,
@@ -142,7 +146,9 @@ def current_row(
         ua.browser,
         ua.platform,
         ua.version,
-        language(accept_language),
+        cached_language(accept_language)
+        if accept_language is None or len(accept_language) <= MAX_CACHED_LANGUAGE
+        else first_language(accept_language),
         ua.synthetic,
     )
     try:

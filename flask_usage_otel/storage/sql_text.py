@@ -22,14 +22,15 @@ EPOCH = datetime(1970, 1, 1)
 TRUNCATED_JSON_KEY = "_truncated"
 
 _encode_json = compact_json  # the C encoder called straight when it passed its check (see internals)
-_cached_language = lru_cache(maxsize=1024)(first_language)
-_MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
+cached_language = lru_cache(maxsize=1024)(first_language)
+"""``first_language`` of an ``Accept-Language`` of at most ``MAX_CACHED_LANGUAGE`` characters."""
+MAX_CACHED_LANGUAGE = 256  # longer headers are parsed each time rather than kept in the cache
 
 
 def language(accept_language: str | None) -> str | None:
-    if accept_language is not None and len(accept_language) > _MAX_CACHED_LANGUAGE:
+    if accept_language is not None and len(accept_language) > MAX_CACHED_LANGUAGE:
         return first_language(accept_language)
-    return _cached_language(accept_language)
+    return cached_language(accept_language)
 
 
 def clean_text(value: Any, width: int | None) -> str | None:
