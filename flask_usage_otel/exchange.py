@@ -88,9 +88,17 @@ class Exchange:
         finally:
             self.tracker.finish(self)
 
+
+class PendingExchange(Exchange):
+    """An exchange whose request finishes only when the server is done with the body (a stream, a
+    file): the wrapper switches an exchange to this class when it hands such a body over.
+
+    Dropped unread and unclosed (a test response never read, a server that breaks PEP 3333), it
+    finishes anyway, so the request is counted and leaves no gauge behind. A body already in memory
+    finishes before the wrapper returns, so most exchanges never pay for a finaliser.
+    """
+
     def __del__(self) -> None:
-        # Dropped unread and unclosed (a test response never read, a server that breaks
-        # PEP 3333): finish anyway, so the request is counted and leaves no gauge behind.
         if not self.finished:
             # At interpreter exit modules may be gone: never raise from __del__.
             with contextlib.suppress(Exception):

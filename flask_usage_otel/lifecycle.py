@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from flask import g, got_request_exception, request
 
 from .capture import RequestState, Unserialisable, capture
-from .exchange import Exchange, declared_length, in_memory, status_code
+from .exchange import Exchange, PendingExchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded, url_is_excluded
 from .record import OTHER, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
@@ -164,6 +164,7 @@ class RequestTracker:
             exchange.sent = 0 if state.method == "HEAD" else declared_length(exchange.headers)
             self.finish(exchange)
             return body
+        exchange.__class__ = PendingExchange  # finished by the server, or by the collector as a last resort
         file_wrapper = environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and isinstance(body, file_wrapper):
             return self._pass_file_through(exchange, body)
@@ -258,13 +259,11 @@ class RequestTracker:
     def _make_after_request(self) -> Callable[[Response], Response]:
         """The ``after_request`` hook: the response is made and the request context still exists.
 
-        ``g.track_var`` is copied here, while a value bound to the request context (the
-        session, any ``LocalProxy``) can still be read: the request finishes after Flask has
-        popped the context, when such a value can no longer be turned into plain data.
-        The app's own user callable runs here too, after every other ``after_request``.
-
-        A plain function, not a bound method: Flask asks every hook of every request whether it is
-        a coroutine function, and a method takes one step more to answer.
+        ``g.track_var`` is copied here, while a value bound to the request context (the session,
+        any ``LocalProxy``) can still be read: the request finishes after Flask has popped the
+        context. The app's own user callable runs here too, after every other ``after_request``.
+        A plain function, not a bound method: Flask asks every hook of every request whether it
+        is a coroutine function, and a method takes one step more to answer.
         """
         key = self.environ_key
         current_request = request._get_current_object  # type: ignore[attr-defined]

@@ -194,7 +194,7 @@ def run_werkzeug_app(clock: SimpleNamespace) -> tuple[list[tuple[str, int, bytes
             response = method(path)
             answers.append((path, response.status_code, response.data))
     body = app.wsgi_app(create_environ("/page"), lambda status, headers, exc_info=None: None)
-    streamed = type(body) is Exchange
+    streamed = isinstance(body, Exchange)
     list(body)
     body.close()  # type: ignore[attr-defined]
     metrics = [line for line in client.get("/metrics").text.splitlines() if "_created" not in line]
