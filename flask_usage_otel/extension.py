@@ -197,7 +197,7 @@ class TrackUsage(LegacyTrackUsageNames):
             mount.cancel(app)
         app.wsgi_app = tracker._inner  # type: ignore[method-assign]
         for hooks, hook in (
-            (app.url_value_preprocessors, tracker.url_value_preprocessor),
+            (app.before_request_funcs, tracker.before_request),
             (app.after_request_funcs, tracker.after_request),
         ):
             with contextlib.suppress(ValueError):

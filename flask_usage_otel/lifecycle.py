@@ -8,10 +8,10 @@ can finish it early, twice, or never.
 
 The Flask hooks only annotate what the wrapper cannot see:
 
-* the first URL value preprocessor (Flask runs those before any ``before_request``
-  hook) sets ``g.track_var``, reads the matched rule and decides whether the request
-  is tracked; tracked requests start their sinks there, so the view's spans nest
-  under the server span;
+* the first ``before_request`` hook sets ``g.track_var``, reads the matched rule and
+  decides whether the request is tracked; tracked requests start their sinks there, so
+  the view's spans nest under the server span (a request that ends before it, in one of
+  the app's URL value preprocessors, is admitted when it unwinds, with the matched rule);
 * ``got_request_exception`` names the exception nothing handled;
 * ``after_request`` copies ``g.track_var`` and reads the user from the app's own
   callable, only when a sink builds the record.
@@ -24,6 +24,7 @@ went through the wrapper, counted as they pass, never buffered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -36,6 +37,7 @@ from flask import g, got_request_exception, request
 from .capture import RequestState, Unserialisable, capture
 from .exchange import Exchange, PendingExchange, declared_length, in_memory, status_code
 from .filters import RequestFilter, blueprint_of, path_is_excluded, url_is_excluded
+from .hooks import first_before_request, last_after_request
 from .record import OTHER, UNMATCHED_ROUTE, RecordContext
 from .request_details import basic_auth_user, established_user, track_var_of
 from .secret_paths import SecretPaths, secret_paths
@@ -43,7 +45,7 @@ from .sinks import Sink, overrides
 from .useragent import synthetic_type
 
 if TYPE_CHECKING:
-    from flask import Flask, Request, Response
+    from flask import Flask, Request
 
     from .config import Settings
     from .prometheus import PrometheusMetrics
@@ -99,7 +101,13 @@ class RequestTracker:
         )
         # One key per tracker: two tracked apps nested in one WSGI stack keep apart.
         self.environ_key = f"flask_usage_otel.{id(self):x}"
-        self.after_request = self._make_after_request()
+        # Plain functions, not bound methods: Flask asks every hook of every request whether it
+        # is a coroutine function, and a method takes one step more to answer.
+        key = self.environ_key
+        self.before_request = first_before_request(key, self._admit, self._rewrap_if_removed, self._hook_failed)
+        self.after_request = last_after_request(
+            key, self._capture_user == "id", self._capture_details, self._hook_failed
+        )
         self._inner: WsgiApp | None = None
         self._view_functions: dict[str, Any] = {}
         self._blueprints: dict[str, Any] = {}
@@ -114,8 +122,10 @@ class RequestTracker:
         self._request_class = app.request_class
         self._app_ref = weakref.ref(app)
         self._wrap(app)
-        # First of the app's URL value preprocessors, which Flask runs before any before_request.
-        app.url_value_preprocessors.setdefault(None, []).insert(0, self.url_value_preprocessor)
+        # First of the app's before_request hooks (the app-wide ones run before any blueprint's).
+        # Not a URL value preprocessor: Flask reads request.endpoint and request.view_args through
+        # their proxies for every preprocessor of every request, which costs more than the hook.
+        app.before_request_funcs.setdefault(None, []).insert(0, self.before_request)
         self._user_callable = callable(self._capture_user) and self._wants_details
         if self._wants_details:
             # Flask runs after_request functions in reverse: ours runs last and sees the final
@@ -175,8 +185,9 @@ class RequestTracker:
         """The app returned or raised: tear down every sink; finish now if it raised."""
         try:
             if not exchange.decided:
-                # No hook of ours ran (the request failed before Flask dispatched it).
-                self._admit(exchange, self._request_class(environ, populate_request=False, shallow=True))  # type: ignore[misc]
+                # No hook of ours ran: the request ended in one of the app's URL value preprocessors,
+                # or before Flask dispatched it. Rare: the URL is matched again for its rule.
+                self._admit(exchange, self._matched_again(environ))
             state = exchange.state
             if state is None:
                 return
@@ -192,6 +203,15 @@ class RequestTracker:
             self._hook_failed("wsgi_app")
         if exc is not None:
             self.finish(exchange)
+
+    def _matched_again(self, environ: dict[str, Any]) -> Request:
+        """A request for ``environ`` with the rule and view arguments Flask matched (none when it matched none)."""
+        req: Request = self._request_class(environ, populate_request=False, shallow=True)  # type: ignore[misc]
+        app = self._app_ref()
+        if app is not None:
+            with contextlib.suppress(Exception):  # 404, 405, a redirect: unmatched, as Flask saw it
+                req.url_rule, req.view_args = app.create_url_adapter(req).match(return_rule=True)  # type: ignore[union-attr]
+        return req
 
     def _pass_file_through(self, exchange: Exchange, body: Any) -> Any:
         """A server's ``wsgi.file_wrapper`` goes back as it is, so the server can still use sendfile().
@@ -221,22 +241,6 @@ class RequestTracker:
     # Each hook guards its whole body: a bug in the tracking must cost the request its
     # record, never its response. A try block costs nothing until something raises.
 
-    def url_value_preprocessor(self, endpoint: str | None, values: dict[str, Any] | None) -> None:
-        try:
-            ctx_g = g._get_current_object()  # type: ignore[attr-defined]
-            # Flask-Track-Usage's views write g.track_var["key"] = value without creating it.
-            if "track_var" not in ctx_g.__dict__:
-                ctx_g.track_var = {}
-            req = request._get_current_object()  # type: ignore[attr-defined]
-            exchange = req.environ.get(self.environ_key)
-            if exchange is None:
-                self._rewrap_if_removed()
-            elif not exchange.decided:
-                exchange.g = ctx_g
-                self._admit(exchange, req)
-        except Exception:
-            self._hook_failed("url_value_preprocessor")
-
     def on_exception(self, sender: Any, exception: BaseException | None = None, **extra: Any) -> None:
         """``got_request_exception``: Flask is about to answer 500 for (or re-raise) an unhandled exception."""
         try:
@@ -244,7 +248,7 @@ class RequestTracker:
             exchange = req.environ.get(self.environ_key)
             if exchange is None:
                 return
-            if not exchange.decided:  # it failed before our URL value preprocessor ran
+            if not exchange.decided:  # it failed before our before_request hook ran
                 exchange.g = g._get_current_object()  # type: ignore[attr-defined]
                 self._admit(exchange, req)
             state = exchange.state
@@ -255,37 +259,6 @@ class RequestTracker:
                 state.username = self._callable_user()  # after_request may never run now
         except Exception:
             self._hook_failed("got_request_exception")
-
-    def _make_after_request(self) -> Callable[[Response], Response]:
-        """The ``after_request`` hook: the response is made and the request context still exists.
-
-        ``g.track_var`` is copied here, while a value bound to the request context (the session,
-        any ``LocalProxy``) can still be read: the request finishes after Flask has popped the
-        context. The app's own user callable runs here too, after every other ``after_request``.
-        A plain function, not a bound method: Flask asks every hook of every request whether it
-        is a coroutine function, and a method takes one step more to answer.
-        """
-        key = self.environ_key
-        current_request = request._get_current_object  # type: ignore[attr-defined]
-        # Nothing to copy unless g holds a track_var or a logged-in user: the state's defaults stand.
-        only_established_user = self._capture_user == "id"
-
-        def after_request(response: Response) -> Response:
-            try:
-                exchange = current_request().environ.get(key)
-                if exchange is not None:
-                    state = exchange.state
-                    ctx_g = exchange.g
-                    if state is not None and ctx_g is not None:
-                        found = ctx_g.__dict__
-                        if not only_established_user or found.get("track_var") or "_login_user" in found:
-                            self._capture_details(state, ctx_g, resolve=True)
-                        exchange.g = None  # captured: finish has nothing left to read from g
-            except Exception:
-                self._hook_failed("after_request")
-            return response
-
-        return after_request
 
     def _admit(self, exchange: Exchange, req: Request) -> None:
         """Decide once whether the request is tracked; start the sinks of a tracked one."""
@@ -316,7 +289,7 @@ class RequestTracker:
             info.blueprint,
             self.record_context,
         )
-        if info.secrets is not None:  # read before any of the app's own hooks can change them
+        if info.secrets is not None:
             state.secrets = info.secrets.values(req.path, req.view_args)
         exchange.state = state
         for sink in self._starters:

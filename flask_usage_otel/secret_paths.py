@@ -7,9 +7,8 @@ matched request and for one that matched no rule while carrying a secret route's
 a GET-only route, the 308 to the trailing slash). The percent-encoded spellings of that text
 are found by :func:`flask_usage_otel.privacy.redact_secrets`.
 
-Decided once per endpoint: an endpoint whose secret variables are plain text (``string``,
-``path``, ``any``) reads them from the view arguments, as before; only a converted one costs a
-match of the path (a few microseconds).
+Decided once per endpoint: only an endpoint with a secret variable costs a match of the path
+(a few microseconds); the others cost nothing.
 """
 
 from __future__ import annotations
@@ -39,15 +38,11 @@ class _TextRule(Rule):
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule.rule, endpoint=rule.endpoint)
-        self.converted: set[str] = set()
-        """Variables whose original converter changes the text (``uuid``, ``int``, custom ones)."""
 
     def get_converter(
         self, variable_name: str, converter_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> BaseConverter:
         converter = super().get_converter(variable_name, converter_name, args, kwargs)
-        if type(converter).to_python is not BaseConverter.to_python:
-            self.converted.add(variable_name)
         converter.to_python = _same  # type: ignore[method-assign]  # this copy keeps the text it matched
         return converter
 
@@ -61,16 +56,14 @@ class SecretPaths:
         self._adapter: MapAdapter = Map(
             copies, converters=dict(converters), strict_slashes=False, merge_slashes=False
         ).bind("localhost")
-        self.from_view_args = not any(
-            name in copy.converted for copy in copies for name in secret_arguments(copy.arguments, names)
-        )
-        """True when every secret variable is plain text: the view arguments hold it as sent."""
-        self._secret_names = tuple(sorted({n for c in copies for n in secret_arguments(c.arguments, names)}))
 
     def values(self, path: str, view_args: Mapping[str, Any] | None) -> Secrets:
-        """(name, text) of the secret variables in ``path`` (``request.path``, decoded)."""
-        if self.from_view_args and view_args is not None:
-            return _present((name, view_args.get(name)) for name in self._secret_names)
+        """(name, text) of the secret variables in ``path`` (``request.path``, decoded).
+
+        Read from the path, not the view arguments: the app's URL value preprocessors run before
+        the request is admitted and may have popped them. ``view_args`` serve only when none of
+        these rules matches the path.
+        """
         values = self._match(path)
         if values is None and "//" in path:  # the app's map merges slashes (and redirects to the merged path)
             values = self._match(_SLASHES.sub("/", path))

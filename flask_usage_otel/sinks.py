@@ -53,8 +53,8 @@ class Sink:
     for none. The request's are captured by the first sink's, once, when the request finishes."""
 
     def start(self, state: RequestState) -> None:
-        """The request was matched to a URL rule and accepted for tracking, before any
-        ``before_request`` hook or URL value preprocessor of the app runs."""
+        """The request was matched to a URL rule and accepted for tracking, before any of the
+        app's ``before_request`` hooks runs (after its URL value preprocessors)."""
 
     def teardown(self, state: RequestState) -> None:
         """Flask is done with the request: ``app.wsgi_app`` returned its body or raised,

@@ -287,7 +287,7 @@ def test_a_failing_sink_never_fails_the_request(caplog: pytest.LogCaptureFixture
 
 @pytest.mark.parametrize(
     ("method", "component"),
-    [("_admit", "url_value_preprocessor"), ("_capture_details", "finish"), ("_callable_user", "after_request")],
+    [("_admit", "before_request"), ("_capture_details", "finish"), ("_callable_user", "after_request")],
 )
 def test_a_bug_in_the_tracking_never_fails_the_request(
     method: str, component: str, monkeypatch: pytest.MonkeyPatch
@@ -339,7 +339,7 @@ def test_trackusage_app_then_init_app_with_storage_as_in_ftu() -> None:
     # The first set-up is gone: one record, counted once, hooks and wrapper installed once.
     assert [r.path for r in storage.records] == ["/items/3"]
     assert Requests(registry).count() == 1
-    assert len(app.url_value_preprocessors[None]) == 1
+    assert len(app.before_request_funcs[None]) == 1
     assert len(app.after_request_funcs[None]) == 1
     with app.app_context():
         assert [row["path"] for row in track.get_usage()] == ["/items/3"]

@@ -147,7 +147,7 @@ def test_a_raising_teardown_is_counted_and_breaks_nothing_after_it() -> None:
 def test_requests_ended_by_a_url_value_preprocessor_are_counted() -> None:
     app = build_app()
 
-    # Registered before TrackUsage: the tracking's own preprocessor still runs first.
+    # Registered before TrackUsage, and it ends some requests before any before_request hook runs.
     @app.url_value_preprocessor
     def check_item(endpoint: str | None, values: dict[str, Any] | None) -> None:
         item_id = (values or {}).get("item_id")

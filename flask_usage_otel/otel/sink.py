@@ -8,8 +8,8 @@ A request's span is found in one of three ways, decided per request with one dic
 lookup and one context read:
 
 * **own**: nothing else traces the request; the sink starts the SERVER span when the
-  request is admitted (before the app's URL value preprocessors and ``before_request``
-  hooks, so the view's spans nest under it), dated from the moment the environ reached
+  request is admitted (before the app's ``before_request`` hooks, so the view's spans
+  nest under it), dated from the moment the environ reached
   the ``wsgi_app`` wrapper; its context is detached when the wrapper unwinds, and the
   span ends when the response body is closed.
 * **borrowed**: an outer layer (a WSGI middleware) already made a recording SERVER

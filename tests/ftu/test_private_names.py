@@ -106,7 +106,7 @@ def test_ftus_in_memory_sqlite_engine_is_refused_at_init_app_with_background_wri
     with pytest.raises(ConfigError, match="TRACK_USAGE_SYNC_WRITES"):
         TrackUsage(app, _memory_storage(), registry=CollectorRegistry())
     assert "track_usage" not in app.extensions  # refused means untouched
-    assert not app.url_value_preprocessors.get(None)
+    assert not app.before_request_funcs.get(None)
 
 
 def test_get_raw_and_get_usage_as_ftu_gave_them(tmp_path: Path) -> None:
