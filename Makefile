@@ -28,12 +28,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The newest releases in .venv, then the unit suite on the lowest declared versions (floors).
+# The newest releases in .venv, then the unit and database tests on the lowest declared versions (floors).
 test: $(STAMP) services lint
 	$(BIN)/pytest -m "not slow" -q
 	$(PYTHON) tools/floors.py
 
-# The unit suite in .venv-floors, every dependency at the floor pyproject.toml declares.
+# The unit and database tests in .venv-floors, every dependency at the floor pyproject.toml declares.
 floors:
 	$(PYTHON) tools/floors.py
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,11 +96,24 @@ class ListStorage:
         return [r.as_dict() for r in reversed(self.records)]
 
 
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption(
+        "--integration-in",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="run integration tests only from these files or directories (repeatable); others are deselected",
+    )
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """Keep the markers honest: everything under tests/integration/ needs a real server, so it is marked.
 
     ``make unit`` selects ``not integration``; a server test that forgot its marker would run
     there and fail (or skip) on a machine without the servers.
+
+    With ``--integration-in PATH`` the integration tests outside those paths are deselected, unit
+    tests stay: the floors run (``tools/floors.py``) adds the database-backed ones this way.
     """
     unmarked = [
         item.nodeid
@@ -110,3 +124,16 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     ]
     if unmarked:
         raise pytest.UsageError(f"tests under tests/integration/ must be marked integration: {unmarked}")
+    paths = [(Path(config.rootpath) / path).resolve() for path in config.getoption("integration_in")]
+    if paths:
+        missing = [str(path) for path in paths if not path.exists()]
+        if missing:
+            raise pytest.UsageError(f"--integration-in: no such file or directory: {missing}")
+        kept: list[Any] = []
+        outside: list[Any] = []
+        for item in items:
+            inside = any(item.path == path or path in item.path.parents for path in paths)
+            (kept if inside or item.get_closest_marker("integration") is None else outside).append(item)
+        if outside:
+            config.hook.pytest_deselected(items=outside)
+            items[:] = kept

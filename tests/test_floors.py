@@ -8,6 +8,7 @@ page state is the floor pyproject.toml declares.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,3 +90,25 @@ def test_the_versions_the_docs_state_are_the_declared_floors() -> None:
     assert {name for _, name, _ in stated} >= {"python", "flask", "werkzeug", "sqlalchemy", "opentelemetry"}
     wrong = [(page, name, v, declared[name]) for page, name, v in stated if declared[name] != v]
     assert not wrong, f"(page, package, stated, pyproject.toml) that disagree: {wrong}"
+
+
+def test_the_floors_run_adds_the_database_tests_and_no_other_integration_test() -> None:
+    """What ``tools/floors.py`` selects: the unit tests everywhere, the integration tests only in DATABASE_TESTS."""
+    assert all((REPO / path).exists() for path in floors.DATABASE_TESTS)
+    args = [arg for arg in floors.PYTEST_ARGS if arg != "-q"]
+    paths = ["tests/storage/test_erasure.py", "tests/integration/test_writer_fork.py", "tests/test_floors.py"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "--collect-only", "-q", *paths],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    ids = [line for line in listed.stdout.splitlines() if "::" in line]
+    erasure = [i for i in ids if i.startswith(paths[0])]
+    assert any("[sqlite" in i for i in erasure)  # a unit test
+    assert any("[mariadb" in i for i in erasure)
+    assert any("[postgresql" in i for i in erasure)  # integration tests in DATABASE_TESTS
+    assert not [i for i in ids if i.startswith(paths[1])]  # integration tests elsewhere (gunicorn, fork)
+    assert any(i.startswith(paths[2]) for i in ids)

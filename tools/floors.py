@@ -1,9 +1,11 @@
-"""The unit suite on the lowest versions pyproject.toml declares (``make floors``, run by ``make test``).
+"""The unit and database tests on the lowest versions pyproject.toml declares (``make floors``, in ``make test``).
 
 Every requirement in ``[project].dependencies`` and in the extras below must carry a lower
 bound (``name>=X``); this script turns each into ``name==X`` in a constraints file, installs the
 package with those extras into ``.venv-floors/`` under the constraints, on the Python of
-``requires-python``'s floor, and runs the unit tests there. The floors come from pyproject.toml
+``requires-python``'s floor, and runs there the unit tests and the database-backed integration
+tests of ``DATABASE_TESTS`` (PostgreSQL and MariaDB on loopback, which ``make test`` has started
+before; elsewhere they start them, or skip as the suite does). The floors come from pyproject.toml
 alone, so a floor that is raised or lowered there is what gets tested; a requirement without a
 ``>=`` bound stops the run, because it has no floor to test. Packages pyproject.toml does not name
 (Jinja2 through Flask, say) resolve to the newest versions the pinned ones accept.
@@ -34,12 +36,24 @@ PYPROJECT = ROOT / "pyproject.toml"
 VENV = Path(os.environ.get("FLOORS_VENV", ROOT / ".venv-floors"))
 # Every extra but ``docs``: the MkDocs site build is tooling, tested on the newest versions only.
 EXTRAS = ("sql", "postgres", "mysql", "otel", "geoip", "dev")
-# The unit suite minus the tests of the repository's own tooling, which do not depend on the
-# package's dependency versions: the benchmark harnesses (their figures are for the newest
-# versions) and the MkDocs build. The docs' Python examples still run here, on the floors.
+# The integration tests that run on the floors too: the storage, the writer and the Flask-Track-Usage
+# comparison on real PostgreSQL and MariaDB, where the SQL dialects and drivers meet (about a minute).
+# Not the gunicorn, Prometheus, packaging and dashboard ones: they drive servers and subprocesses for
+# minutes, and run on the newest versions in ``make test``.
+DATABASE_TESTS = (
+    "tests/storage",
+    "tests/test_internals_databases.py",
+    "tests/ftu",
+    "tests/integration/test_writer_faults.py",
+    "tests/integration/test_writer_round_trips.py",
+)
+# The unit suite and DATABASE_TESTS, minus the tests of the repository's own tooling, which do not
+# depend on the package's dependency versions: the benchmark harnesses (their figures are for the
+# newest versions) and the MkDocs build. The docs' Python examples still run here, on the floors.
 PYTEST_ARGS = (
     "-m",
-    "not integration and not slow",
+    "not slow",
+    *(f"--integration-in={path}" for path in DATABASE_TESTS),
     "-q",
     "-p",
     "no:cacheprovider",

@@ -125,12 +125,16 @@ class UsageErasure:
         self._table_state()
         engine = self.engine
         table = self.table
+        ids = sa.select(table.c.id).where(condition).limit(chunk_size)
         if engine.dialect.name in ("mysql", "mariadb"):
-            # MariaDB refuses LIMIT in an IN subquery but has DELETE ... LIMIT.
-            statement = sa.delete(table).where(condition).with_dialect_options(mysql_limit=chunk_size)
+            # MariaDB and MySQL refuse LIMIT in an IN subquery, but take it in a derived table, which
+            # they materialise: DELETE FROM t USING t, (SELECT id ... LIMIT n) AS chunk WHERE t.id =
+            # chunk.id. Not DELETE ... LIMIT: SQLAlchemy renders it only from 2.0.37 on, and then only
+            # for the option named after the URL's dialect (mysql_limit is ignored on mariadb://).
+            chunk = ids.subquery("chunk")
+            statement = sa.delete(table).where(table.c.id == chunk.c.id)
         else:
-            ids = sa.select(table.c.id).where(condition).limit(chunk_size).scalar_subquery()
-            statement = sa.delete(table).where(table.c.id.in_(ids))
+            statement = sa.delete(table).where(table.c.id.in_(ids.scalar_subquery()))
         deleted = 0
         while True:
             with engine.begin() as conn:

@@ -119,7 +119,9 @@ def _is_mysql(orig: Any) -> bool:
 
 # -- saying what went wrong -------------------------------------------------------------------
 
-_URL_CREDENTIALS_RE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]*(?P<at>@)")
+# The scheme is optional: psycopg 3.1 cuts libpq's message about a host it could not resolve inside
+# the quoted host, so a URL given as the host arrives without it ("connection is bad: //app:secret@[::1\"").
+_URL_CREDENTIALS_RE = re.compile(r"(?P<head>(?:[a-zA-Z][a-zA-Z0-9+.-]*:)?//[^:/@\s'\"]*:)[^@\s'\"]*(?P<at>@)")
 _DSN_PASSWORD_RE = re.compile(
     r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s;,&]+)", re.I
 )

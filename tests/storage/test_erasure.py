@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from flask_usage_otel.privacy import ErasureRefused
 from flask_usage_otel.storage.sql import SQLStorage
 from flask_usage_otel.summarization import sumRemote, sumUrl
 
-from .conftest import drop_table
+from .conftest import MARIADB_URL, POSTGRES_URL, drop_table, make_record, require_server
 
 # (REMOTE_ADDR, X-Forwarded-For, user): the person is 192.0.2.1 / "erin"; the others share prefixes.
 PERSON = "192.0.2.1"
@@ -283,3 +285,53 @@ def test_forget_does_not_wait_on_a_log_collector_that_never_answers(storage: SQL
             for sink in track._trackers[app].sinks:
                 sink.shutdown(timeout=0.1)
             logger_provider.shutdown()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql+psycopg", marks=pytest.mark.integration),
+        pytest.param("mysql+pymysql", marks=pytest.mark.integration),
+        pytest.param("mariadb+pymysql", marks=pytest.mark.integration),
+    ]
+)
+def any_scheme(request: pytest.FixtureRequest, tmp_path: Path, table_name: str) -> Iterator[SQLStorage]:
+    """A storage on each database, MariaDB through both of its URL schemes (SQLAlchemy names the
+    dialect ``mysql`` for one, ``mariadb`` for the other, and reads dialect options by that name)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'usage.db'}"
+    elif request.param.startswith("postgresql"):
+        require_server("postgresql", 5432)
+        url = POSTGRES_URL
+    else:
+        require_server("mariadb", 3306)
+        url = sa.make_url(MARIADB_URL).set(drivername=request.param).render_as_string(hide_password=False)
+    store = SQLStorage(url, table_name=table_name)
+    try:
+        yield store
+    finally:
+        drop_table(store.engine, table_name)
+        store.engine.dispose()
+
+
+def test_prune_and_forget_delete_chunk_size_rows_per_transaction(any_scheme: SQLStorage) -> None:
+    storage = any_scheme
+    now = datetime.now(timezone.utc)
+    old = [make_record(timestamp=(now - timedelta(days=40, minutes=i)).timestamp()) for i in range(25)]
+    storage.store(old + [make_record(timestamp=(now - timedelta(minutes=i)).timestamp()) for i in range(12)])
+    events: list[str] = []
+
+    def statement(conn: Any, cursor: Any, text: str, *args: Any) -> None:
+        if text.lstrip().upper().startswith("DELETE") and storage.table.name in text and "_batches" not in text:
+            events.append(f"DELETE {cursor.rowcount}")
+
+    sa.event.listen(storage.engine, "after_cursor_execute", statement)
+    sa.event.listen(storage.engine, "commit", lambda conn: events.append("COMMIT"))
+    assert storage.prune(timedelta(days=30), chunk_size=7) == 25
+    # One transaction per chunk, each at most chunk_size rows; the last, short one ends the loop.
+    assert events[:8] == ["DELETE 7", "COMMIT"] * 3 + ["DELETE 4", "COMMIT"]
+    assert len(storage.read_usage()) == 12
+    events.clear()
+    assert storage.forget(username="alice", chunk_size=5) == 12  # make_record's user
+    assert [e for e in events if e.startswith("DELETE")] == ["DELETE 5", "DELETE 5", "DELETE 2"]
+    assert storage.read_usage() == []

@@ -58,7 +58,8 @@ def test_postgresql_on_a_closed_port(closed_port: int) -> None:
     line = describe(exc, url)
     assert is_connection_error(exc)
     assert line.startswith("OperationalError (psycopg.OperationalError): connection failed: ")
-    assert f"port {closed_port} failed: Connection refused Is the server running" in line
+    # psycopg 3.1 leaves the host and port out of its message; the URL at the end says them.
+    assert "Connection refused Is the server running" in line
     assert line.endswith(f"[postgresql+psycopg://postgres:***@127.0.0.1:{closed_port}/test]")
     assert_masked(line)
     assert advice(exc, url) == (
@@ -128,7 +129,8 @@ def test_credentials_the_driver_quotes_are_masked() -> None:
     exc = connect_error(url, connect_timeout=5)
     assert SECRET in str(exc.orig)
     line = describe(exc)  # no URL at hand: the patterns alone
-    assert "failed to resolve host 'postgresql://app:***@[::1'" in line
+    # psycopg 3.3: "failed to resolve host 'postgresql://app:***@[::1'"; psycopg 3.1 cuts the scheme off.
+    assert "//app:***@[::1" in line
     assert_masked(line)
     # And a conninfo URI libpq cannot parse (given through a creator), quoted whole by the driver.
     engine = sa.create_engine(
@@ -144,6 +146,7 @@ def test_credentials_the_driver_quotes_are_masked() -> None:
 def test_dsn_passwords_are_masked() -> None:
     assert mask_credentials(f"host=db password={SECRET} port=5432") == "host=db password=*** port=5432"
     assert mask_credentials(f"host=db password='{SECRET} x' port=5432") == "host=db password=*** port=5432"
+    assert mask_credentials(f'host "//app:{SECRET}@[::1" unknown') == 'host "//app:***@[::1" unknown'
     assert mask_credentials(f"mysql://u:{SECRET}@h/db and {SECRET}", f"mysql://u:{SECRET}@h/db") == (
         "mysql://u:***@h/db and ***"
     )
