@@ -297,10 +297,10 @@ print(os.getpid())
 """
 
 
-def run_worker(directory: Path, way: str, rounds: int) -> tuple[int, str]:
-    """A process that serves ``rounds`` rounds of requests in multiprocess mode, then exits; its pid and log."""
-    done = subprocess.run(
-        [sys.executable, "-c", WORKER, way, str(directory), str(rounds)],
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter with this checkout importable; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -308,6 +308,11 @@ def run_worker(directory: Path, way: str, rounds: int) -> tuple[int, str]:
         timeout=120,
         check=True,
     )
+
+
+def run_worker(directory: Path, way: str, rounds: int) -> tuple[int, str]:
+    """A process that serves ``rounds`` rounds of requests in multiprocess mode, then exits; its pid and log."""
+    done = run_script(WORKER, way, str(directory), str(rounds))
     return int(done.stdout), done.stderr
 
 
@@ -491,15 +496,7 @@ print(json.dumps(dict(span.attributes), sort_keys=True))
 
 
 def span_attributes(way: str) -> tuple[dict[str, Any], str]:
-    done = subprocess.run(
-        [sys.executable, "-c", SPAN_ATTRIBUTES, way],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = run_script(SPAN_ATTRIBUTES, way)
     return json.loads(done.stdout), done.stderr
 
 
