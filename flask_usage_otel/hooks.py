@@ -55,6 +55,7 @@ def first_before_request(
 def last_after_request(
     key: str,
     only_established_user: bool,
+    admit: Callable[[Any, Request], None],
     capture_details: Callable[..., None],
     failed: Callable[[str], None],
 ) -> Callable[[Response], Response]:
@@ -63,18 +64,27 @@ def last_after_request(
     ``g.track_var`` is copied here, while a value bound to the request context (the session,
     any ``LocalProxy``) can still be read: the request finishes after Flask has popped the
     context. The app's own user callable runs here too, after every other ``after_request``.
+    A request that ended before the first ``before_request`` hook (in one of the app's URL value
+    preprocessors, or a ``before_request`` hook put ahead of ours) is admitted here, with its g.
 
     :param only_established_user: the user is Flask-Login's, when loaded: then nothing needs
         copying unless g holds a track_var or a logged-in user (the state's defaults stand).
+    :param admit: decides whether the exchange's request is tracked, and starts it.
     :param capture_details: copies ``g.track_var`` and the user into the state.
     """
     current_request = request._get_current_object  # type: ignore[attr-defined]
+    current_g = g._get_current_object  # type: ignore[attr-defined]
 
     def after_request(response: Response) -> Response:
         try:
-            exchange = current_request().environ.get(key)
+            req = current_request()
+            exchange = req.environ.get(key)
             if exchange is not None:
                 state = exchange.state
+                if state is None and not exchange.decided:  # rare: our before_request never ran
+                    exchange.g = current_g()
+                    admit(exchange, req)
+                    state = exchange.state
                 ctx_g = exchange.g
                 if state is not None and ctx_g is not None:
                     found = ctx_g.__dict__

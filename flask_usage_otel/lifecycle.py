@@ -11,7 +11,8 @@ The Flask hooks only annotate what the wrapper cannot see:
 * the first ``before_request`` hook sets ``g.track_var``, reads the matched rule and
   decides whether the request is tracked; tracked requests start their sinks there, so
   the view's spans nest under the server span (a request that ends before it, in one of
-  the app's URL value preprocessors, is admitted when it unwinds, with the matched rule);
+  the app's URL value preprocessors or a ``before_request`` hook put ahead of ours, is
+  admitted by the ``after_request`` hook, or else when it unwinds, with the matched rule);
 * ``got_request_exception`` names the exception nothing handled;
 * ``after_request`` copies ``g.track_var`` and reads the user from the app's own
   callable, only when a sink builds the record.
@@ -106,7 +107,7 @@ class RequestTracker:
         key = self.environ_key
         self.before_request = first_before_request(key, self._admit, self._rewrap_if_removed, self._hook_failed)
         self.after_request = last_after_request(
-            key, self._capture_user == "id", self._capture_details, self._hook_failed
+            key, self._capture_user == "id", self._admit, self._capture_details, self._hook_failed
         )
         self._inner: WsgiApp | None = None
         self._view_functions: dict[str, Any] = {}
@@ -185,8 +186,9 @@ class RequestTracker:
         """The app returned or raised: tear down every sink; finish now if it raised."""
         try:
             if not exchange.decided:
-                # No hook of ours ran: the request ended in one of the app's URL value preprocessors,
-                # or before Flask dispatched it. Rare: the URL is matched again for its rule.
+                # No hook of ours ran: the request ended before our before_request hook and no
+                # after_request hook of ours is installed (no sink reads the user). Rare: the URL
+                # is matched again for its rule.
                 self._admit(exchange, self._matched_again(environ))
             state = exchange.state
             if state is None:

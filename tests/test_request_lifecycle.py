@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from flask import Blueprint, Flask, Response, abort, copy_current_request_context, g, stream_with_context
+from flask import Blueprint, Flask, Response, abort, copy_current_request_context, g, request, stream_with_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -168,6 +168,73 @@ def test_requests_ended_by_a_url_value_preprocessor_are_counted() -> None:
         (route, 500, "LookupError"),
     ]
     assert [s.name for s in tracked.server_spans()] == [f"GET {route}"] * 3
+
+
+def test_requests_ended_before_our_hook_keep_their_user_and_track_var() -> None:
+    """A blueprint's URL value preprocessor that aborts, and an app ``before_request`` hook put
+    ahead of ours after ``init_app`` that answers itself: our first hook never runs, yet the
+    record has its route, the ``g.track_var`` the app's hook set and the user."""
+    app = build_app()
+    vault = Blueprint("vault", __name__, url_prefix="/vault")
+
+    @vault.url_value_preprocessor
+    def guard(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        g.track_var = {"guard": "ran"}
+        if (values or {}).get("box") == "locked":
+            abort(403)
+
+    @vault.route("/<box>")
+    def box(box: str) -> str:
+        return box
+
+    app.register_blueprint(vault)
+    tracked = track(app, {"TRACK_USAGE_CAPTURE_USER": "basic_auth"})
+
+    def gate() -> tuple[str, int] | None:
+        g.track_var = {"gate": "closed"}
+        return ("gated", 401) if request.args.get("closed") else None
+
+    app.before_request_funcs[None].insert(0, gate)
+    client = tracked.app.test_client()
+    assert client.get("/vault/locked", auth=("ann", "pw")).status_code == 403
+    assert client.get("/items/3?closed=1", auth=("bob", "pw")).status_code == 401
+    assert client.get("/items/3", auth=("cid", "pw")).status_code == 200
+    assert [(r.route, r.status, r.track_var, r.username) for r in tracked.storage.records] == [
+        ("/vault/<box>", 403, {"guard": "ran"}, "ann"),
+        ("/items/<int:item_id>", 401, {"gate": "closed"}, "bob"),
+        ("/items/<int:item_id>", 200, {"gate": "closed"}, "cid"),
+    ]
+    assert_settled(tracked, 3)
+
+
+def test_without_a_record_requests_ended_before_our_hook_are_matched_again() -> None:
+    """Only Prometheus and spans: no ``after_request`` hook of ours, so a request our first hook
+    never saw is admitted as it unwinds, under the rule its URL matches."""
+    app = build_app()
+
+    @app.url_value_preprocessor
+    def check_item(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if (values or {}).get("item_id") == 404:
+            abort(404)
+
+    registry = CollectorRegistry()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    TrackUsage(app, registry=registry, tracer_provider=provider)
+    app.before_request_funcs[None].insert(0, lambda: ("gated", 401) if request.args.get("closed") else None)
+    assert not app.after_request_funcs.get(None), "the unwind path is the one under test"
+    client = app.test_client()
+    assert [client.get(path).status_code for path in ("/items/404", "/shop/cart?closed=1", "/nowhere")] == [
+        404,
+        401,
+        404,
+    ]
+    counts = Requests(registry)
+    assert counts.count(route="/items/<int:item_id>", status="404") == 1
+    assert counts.count(route="/shop/cart", status="401", blueprint="shop") == 1
+    assert counts.count(status="404") == 2  # the unmatched path too
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /items/<int:item_id>", "GET /shop/cart", "GET"]
 
 
 # -- 3. a thread with a copy of the request context ----------------------------------------
