@@ -36,9 +36,6 @@ class _TextRule(Rule):
     """A copy of one of the app's rules: it matches what the original matches, without method or
     trailing-slash conditions, and gives each variable's text as sent."""
 
-    def __init__(self, rule: Rule) -> None:
-        super().__init__(rule.rule, endpoint=rule.endpoint)
-
     def get_converter(
         self, variable_name: str, converter_name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> BaseConverter:
@@ -51,7 +48,7 @@ class SecretPaths:
     """Finds the secret URL variables of a request path among some of the app's rules."""
 
     def __init__(self, rules: Iterable[Rule], names: frozenset[str], converters: Mapping[str, Any]) -> None:
-        copies = [_TextRule(rule) for rule in rules if not rule.build_only]
+        copies = [_TextRule(rule.rule, endpoint=rule.endpoint) for rule in rules if not rule.build_only]
         self._names = names
         self._adapter: MapAdapter = Map(
             copies, converters=dict(converters), strict_slashes=False, merge_slashes=False
