@@ -444,6 +444,27 @@ def test_a_body_that_fails_mid_stream_is_counted_once() -> None:
     assert_settled(tracked, 1)
 
 
+def test_a_streamed_body_dropped_unread_and_unclosed_still_finishes() -> None:
+    """A server that breaks PEP 3333 (never iterates nor closes the body): the streamed request
+    is finished when its body is collected, counted once, and leaves no gauge behind; a body in
+    memory was finished before the app returned."""
+    import gc
+
+    tracked = track(build_app())
+    statuses: list[str] = []
+    for path in ("/stream", "/"):
+        body = tracked.app(EnvironBuilder(path=path).get_environ(), lambda s, h, e=None: statuses.append(s))
+        assert tracked.in_progress() == (1 if path == "/stream" else 0)
+        del body
+        gc.collect()
+    assert statuses == ["200 OK", "200 OK"]
+    assert [(r.route, r.status, r.response_size) for r in tracked.storage.records] == [
+        ("/stream", 200, 0),
+        ("/", 200, 4),
+    ]
+    assert_settled(tracked, 2)
+
+
 # -- 6. the user -------------------------------------------------------------------------------
 
 
