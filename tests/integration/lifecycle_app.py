@@ -8,6 +8,7 @@ storage on. ``/healthz`` and ``/spans`` are never tracked.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -47,6 +48,17 @@ def create_app() -> Flask:
             raise RuntimeError("stream broke")
 
         return Response(body(), mimetype="text/plain")
+
+    @app.route("/endless")
+    def endless() -> Response:
+        """A stream that ends only when the client goes away (the server then closes it)."""
+
+        def body() -> Iterator[bytes]:
+            while True:
+                yield b"x" * 65536
+                time.sleep(0.01)
+
+        return Response(body(), mimetype="application/octet-stream")
 
     @app.route("/healthz")
     def healthz() -> str:

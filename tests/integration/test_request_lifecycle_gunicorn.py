@@ -1,30 +1,43 @@
 """Under real gunicorn, a blueprint teardown that raises costs those requests a 500 and nothing else:
 each is counted once, the in-progress gauge returns to 0, every request has one row and one ended
-span, and the worker's later requests are traced normally (no leaked span context)."""
+span, and the worker's later requests are traced normally (no leaked span context). A failing stream
+is recorded with the status the client got, and an endless stream the client hangs up on (the app
+preloaded before the fork) is counted once when gunicorn closes it."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 import sqlalchemy
 
-from tests.integration.gunicorn_harness import request_counts, run_gunicorn, scrape
+from tests.integration.gunicorn_harness import Gunicorn, request_counts, run_gunicorn, scrape
 
 pytestmark = pytest.mark.integration
 
 APP = "tests.integration.lifecycle_app:create_app()"
 
 
-def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
+@contextmanager
+def lifecycle_server(tmp_path: Path, db: Path, *, preload: bool = False) -> Iterator[Gunicorn]:
+    """The lifecycle app under one gunicorn worker, its rows in the SQLite file ``db``."""
     multiproc = tmp_path / "metrics"
     multiproc.mkdir()
+    env = {"USAGE_DB_URL": f"sqlite:///{db}"}
+    if preload:
+        env["GUNICORN_CMD_ARGS"] = "--preload"
+    with run_gunicorn(tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env=env) as server:
+        yield server
+
+
+def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
     db = tmp_path / "usage.db"
-    with run_gunicorn(
-        tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env={"USAGE_DB_URL": f"sqlite:///{db}"}
-    ) as server:
+    with lifecycle_server(tmp_path, db) as server:
         with requests.Session() as session:
             statuses = [session.get(server.base_url + "/", timeout=10).status_code for _ in range(3)]
             statuses += [session.get(server.base_url + "/fragile/page", timeout=10).status_code for _ in range(5)]
@@ -62,12 +75,8 @@ def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
 def test_a_stream_that_fails_before_its_first_byte_is_the_servers_500(tmp_path: Path) -> None:
     """Under gunicorn the client of a body that raises before any byte gets gunicorn's 500 page:
     the row, the counter and the span say 500. After a byte, the client got 200 and a cut body."""
-    multiproc = tmp_path / "metrics"
-    multiproc.mkdir()
     db = tmp_path / "usage.db"
-    with run_gunicorn(
-        tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env={"USAGE_DB_URL": f"sqlite:///{db}"}
-    ) as server:
+    with lifecycle_server(tmp_path, db) as server:
         with requests.Session() as session:
             assert session.get(f"{server.base_url}/failing-stream/before-first", timeout=10).status_code == 500
             for when in ("after-empty", "mid-way"):  # gunicorn sent the 200 headers with the first chunk
@@ -92,3 +101,36 @@ def test_a_stream_that_fails_before_its_first_byte_is_the_servers_500(tmp_path: 
         ("/failing-stream/before-first", 500, 0, "RuntimeError"),
         ("/failing-stream/mid-way", 200, 7, "RuntimeError"),
     ]
+
+
+def test_a_stream_the_client_walks_away_from_under_gunicorn_preload(tmp_path: Path) -> None:
+    """An endless stream, the app preloaded before the fork: the client reads a little and hangs
+    up; gunicorn closes the body, and the request is counted once, its gauge back to 0, one row."""
+    db = tmp_path / "usage.db"
+    with lifecycle_server(tmp_path, db, preload=True) as server:
+        with requests.get(f"{server.base_url}/endless", stream=True, timeout=10) as response:
+            assert response.status_code == 200
+            assert len(response.raw.read(65536)) == 65536
+        deadline = time.monotonic() + 10
+        while True:
+            with requests.Session() as session:
+                _, samples = scrape(server.base_url, session)
+            counts = {k: v for k, v in request_counts(samples).items() if v}
+            if counts or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counts == {("GET", "/endless", "200"): 1}
+        in_progress = [v for (name, _), v in samples.items() if name == "flask_usage_requests_in_progress"]
+        assert in_progress
+        assert sum(in_progress) == 0
+        assert server.stop() == 0
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT path, status, response_size FROM flask_usage").all()
+    finally:
+        engine.dispose()
+    ((path, status, size),) = rows
+    assert (path, status) == ("/endless", 200)
+    assert size >= 65536
