@@ -269,7 +269,7 @@ def create_log_sink(
     library never sets up export itself: :func:`build_logger_provider` makes a provider for
     the app to pass, and with it export failures are counted as dropped records too.
 
-    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.35 or later) is not installed,
+    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.39 or later) is not installed,
         or there is no logger provider to emit to.
     """
     try:
@@ -278,7 +278,7 @@ def create_log_sink(
     except ImportError:
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
-        raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
+        raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.39 or later")
     from .._version import __version__
 
     provider = sdk_logger_provider(logger_provider, _SETTING, "needs a logger provider")
