@@ -149,8 +149,10 @@ class LogRecordTarget:
         self._in_context = set_span_in_context
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
         from opentelemetry._logs import SeverityNumber
+        from opentelemetry.context import Context
 
         self._info = SeverityNumber.INFO
+        self._no_trace = Context()  # immutable: one empty context serves every record without a trace
 
     def store(self, batch: Sequence[UsageRecord]) -> None:
         counter = self._counter
@@ -164,15 +166,11 @@ class LogRecordTarget:
             counter.emitted += len(prepared)
 
     def _arguments(self, record: UsageRecord) -> dict[str, Any]:
-        context = None
+        # No trace of its own: an empty context, not whatever the writer thread has current.
+        context = self._no_trace
         if record.trace_id and record.span_id:
             span_context = self._span_context(int(record.trace_id, 16), int(record.span_id, 16), False, self._sampled)
             context = self._in_context(self._span(span_context))
-        else:
-            # No trace of its own: an empty context, not whatever the writer thread has current.
-            from opentelemetry.context import Context
-
-            context = Context()
         return {
             "timestamp": int(record.timestamp * 1e9),
             "observed_timestamp": time.time_ns(),
