@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .record import ENVIRON_KEYS, CapturedRequest, RecordContext, UsageRecord, build_record
+from .record import ENVIRON_KEYS, CapturedRequest, RecordContext
 
 if TYPE_CHECKING:
     from flask import Request
@@ -44,7 +44,8 @@ class RequestState:
     being served until the request finishes, then None; ``error`` is the exception nothing
     handled (the view's, a hook's, or one that escaped the app), until it finishes.
     ``captured`` is set when the request finishes, for sinks that consume whole requests
-    (None when a value of it could not be made plain: ``capture_error`` says why).
+    (None when a value of it could not be made plain: ``capture_error`` says why); its record
+    is ``record.build_record(state.context, state.captured)``, built where it is needed.
     """
 
     __slots__ = (
@@ -115,19 +116,6 @@ class RequestState:
         self.secrets: tuple[tuple[str, str], ...] = ()
         self.captured: CapturedRequest | None = None
         self.capture_error: BaseException | None = None
-
-    @property
-    def record(self) -> UsageRecord:
-        """The finished request's ``UsageRecord`` (built on each use: sinks that need it often keep it).
-
-        :raises Unserialisable: a value of the request could not be made plain.
-        """
-        captured = self.captured
-        if captured is None:
-            if self.request is None:  # finished, and it could not be captured
-                raise Unserialisable(f"the request was not captured ({self.capture_error!r})")
-            captured = capture(self)
-        return build_record(self.context, captured)
 
 
 def capture(state: RequestState, headers: dict[str, list[str]] | None = None) -> CapturedRequest:

@@ -44,8 +44,8 @@ class Sink:
 
     name = "sink"
     uses_record = True
-    """Whether ``finish`` reads ``state.captured`` or ``state.record`` (the finished request as plain data):
-    then the request is captured once when it finishes, with the user and ``g.track_var``."""
+    """Whether ``finish`` reads ``state.captured`` (the finished request as plain data): then the
+    request is captured once when it finishes, with the user and ``g.track_var``."""
     uses_user = False
     """Whether ``finish`` reads ``state.username`` without the rest of the record."""
     record_headers: HeaderSource | None = None
@@ -66,8 +66,8 @@ class Sink:
         ``state.status`` and ``state.response_size`` (bytes of body sent) are final.
 
         With ``uses_record``, ``state.captured`` holds the request as plain data
-        (None when it could not be captured: ``state.capture_error`` says why) and
-        ``state.record`` builds its ``UsageRecord``.
+        (None when it could not be captured: ``state.capture_error`` says why);
+        ``record.build_record(state.context, state.captured)`` makes its ``UsageRecord``.
         """
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -149,8 +149,10 @@ class LogRecordTarget:
         self._in_context = set_span_in_context
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
         from opentelemetry._logs import SeverityNumber
+        from opentelemetry.context import Context
 
         self._info = SeverityNumber.INFO
+        self._no_trace = Context()  # immutable: one empty context serves every record without a trace
 
     def store(self, batch: Sequence[UsageRecord]) -> None:
         counter = self._counter
@@ -164,15 +166,11 @@ class LogRecordTarget:
             counter.emitted += len(prepared)
 
     def _arguments(self, record: UsageRecord) -> dict[str, Any]:
-        context = None
+        # No trace of its own: an empty context, not whatever the writer thread has current.
+        context = self._no_trace
         if record.trace_id and record.span_id:
             span_context = self._span_context(int(record.trace_id, 16), int(record.span_id, 16), False, self._sampled)
             context = self._in_context(self._span(span_context))
-        else:
-            # No trace of its own: an empty context, not whatever the writer thread has current.
-            from opentelemetry.context import Context
-
-            context = Context()
         return {
             "timestamp": int(record.timestamp * 1e9),
             "observed_timestamp": time.time_ns(),
@@ -269,7 +267,7 @@ def create_log_sink(
     library never sets up export itself: :func:`build_logger_provider` makes a provider for
     the app to pass, and with it export failures are counted as dropped records too.
 
-    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.35 or later) is not installed,
+    :raises ConfigError: the ``otel`` extra (opentelemetry-sdk 1.39 or later) is not installed,
         or there is no logger provider to emit to.
     """
     try:
@@ -278,7 +276,7 @@ def create_log_sink(
     except ImportError:
         raise ConfigError(_SETTING, "needs OpenTelemetry: pip install 'flask-usage-otel[otel]'") from None
     if "event_name" not in inspect.signature(_logs.Logger.emit).parameters:
-        raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.35 or later")
+        raise ConfigError(_SETTING, "needs opentelemetry-api and opentelemetry-sdk 1.39 or later")
     from .._version import __version__
 
     provider = sdk_logger_provider(logger_provider, _SETTING, "needs a logger provider")

@@ -123,8 +123,9 @@ class OtelSink(Sink):
 
         self._tracer = tracer
         self._capture_user = capture_user
-        # Everything comes from the request state; the user only when it goes on spans.
-        self.uses_record = capture_user
+        # Everything comes from the request state: never the captured request, the user only when it goes on spans.
+        self.uses_record = False
+        self.uses_user = bool(capture_user)
         self._owned_providers = owned_providers
         self._attach = context.attach
         self._detach = context.detach

@@ -80,6 +80,18 @@ class Tracked:
             response.headers["Set-Cookie"] = CREDENTIALS[3]
             return response
 
+        @app.get("/stream")
+        def stream() -> Response:
+            def chunks() -> Any:
+                yield "one "
+                yield "two"
+
+            return Response(chunks(), content_type="text/plain", headers={"X-Response-Id": "stream-3"})
+
+        @app.get("/boom")
+        def boom() -> str:
+            raise KeyError("gone")
+
         @app.after_request
         def late_header(response: Response) -> Response:  # added after the view: still seen
             response.headers["X-Response-Late"] = "late"
@@ -142,6 +154,39 @@ def test_log_records_carry_the_spans_header_attributes(capture_env: None) -> Non
     for attributes in tracked.log_attributes():
         text = repr(attributes)
         assert not [credential for credential in CREDENTIALS if credential in text]
+
+
+def test_a_streamed_body_and_a_raising_view_carry_their_headers(capture_env: None) -> None:
+    """The response's headers as it started: a body streamed after the view returned, Flask's 500 page."""
+    tracked = Tracked()
+    assert tracked.get("/stream") == 200
+    assert tracked.get("/boom") == 500
+    tracked.flush()
+    pairs = tracked.pairs()
+    assert len(pairs) == 2
+    for span_headers, log_headers in pairs:
+        assert span_headers == log_headers
+    by_status = {a["http.response.status_code"]: headers_of(a) for a in tracked.log_attributes()}
+    sent = {
+        "http.request.header.x-request-id": ["req-1"],
+        "http.request.header.x-custom-secret": ["[REDACTED]"],
+        "http.request.header.x-custom-plain": ["plain"],
+        "http.request.header.content-type": ["text/csv"],
+        "http.request.header.authorization": ["[REDACTED]"],
+        "http.request.header.proxy-authorization": ["[REDACTED]"],
+        "http.request.header.cookie": ["[REDACTED]"],
+    }
+    assert by_status[200] == {
+        **sent,
+        "http.response.header.x-response-id": ["stream-3"],
+        "http.response.header.x-response-late": ["late"],
+        "http.response.header.content-type": ["text/plain"],
+    }
+    assert by_status[500] == {
+        **sent,
+        "http.response.header.x-response-late": ["late"],  # after_request runs on the error response too
+        "http.response.header.content-type": ["text/html; charset=utf-8"],
+    }
 
 
 @pytest.mark.parametrize(

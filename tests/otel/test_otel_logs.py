@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -323,4 +325,56 @@ def test_log_records_queue_plain_data_bounded_in_bytes_and_a_poisoned_request_dr
     assert emitted + writer.rows_dropped == 42
     assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "otel_logs"}) == (
         writer.rows_dropped
+    )
+
+
+class FileLogExporter:
+    """A ``LogRecordExporter`` that appends (exporting pid, url.path) of each record to a file: what a
+    forked child exports is seen by the parent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def export(self, batch: Any) -> Any:
+        from opentelemetry.sdk._logs.export import LogRecordExportResult
+
+        with self.path.open("a") as out:
+            out.write("".join(f"{os.getpid()} {log.log_record.attributes['url.path']}\n" for log in batch))
+        return LogRecordExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_emits_its_own_records_once_and_never_the_parents(tmp_path: Path) -> None:
+    """As with gunicorn --preload: records queued in the parent stay the parent's; a child's go out once."""
+    out = tmp_path / "exported.txt"
+    provider = build_logger_provider("shop", exporter=FileLogExporter(out))
+    app = shop_app({"TRACK_USAGE_FLUSH_INTERVAL": 60, "TRACK_USAGE_BATCH_SIZE": 1000})
+    tracker = TrackUsage(app, registry=CollectorRegistry(), logger_provider=provider)
+    client = app.test_client()
+    for i in range(3):
+        assert client.get(f"/items/{i}").status_code == 200  # queued, the writer waiting out its interval
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only, never return into pytest
+        code = 1
+        try:
+            ok = all(app.test_client().get(f"/items/{100 + i}").status_code == 200 for i in range(2))
+            with app.app_context():
+                ok = ok and tracker.flush(10)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with app.app_context():
+        assert tracker.flush(10)
+    provider.shutdown()
+    lines = [tuple(line.split()) for line in out.read_text().splitlines()]
+    assert sorted(lines) == sorted(
+        [(str(os.getpid()), f"/items/{i}") for i in range(3)] + [(str(pid), f"/items/{100 + i}") for i in range(2)]
     )

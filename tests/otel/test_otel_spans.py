@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from flask import Blueprint, Flask, Response, stream_with_context
+from flask import Blueprint, Flask, Response, g, stream_with_context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -343,6 +343,28 @@ def test_enduser_id_only_when_asked_for(make_app, exporter):
     )
     app.test_client().get("/items/1")
     assert only_server_span(exporter).attributes["enduser.id"] == "user-42"
+
+
+def test_a_user_on_spans_reads_the_user_without_capturing_the_request(make_app, exporter):
+    """Spans only, with enduser.id: the user is read, the request is not captured (g.track_var untouched)."""
+    converted: list[str] = []
+
+    class Noted:
+        def __str__(self) -> str:  # called when g.track_var is made plain data
+            converted.append("str")
+            return "noted"
+
+    app, tracker = make_app({"TRACK_USAGE_CAPTURE_USER": lambda: "user-7", "TRACK_USAGE_OTEL_CAPTURE_USER": True})
+
+    @app.get("/noted")
+    def noted() -> str:
+        g.track_var["noted"] = Noted()
+        return "ok"
+
+    assert [s.name for s in tracker._trackers[app].sinks] == ["otel", "prometheus"]
+    assert app.test_client().get("/noted").status_code == 200
+    assert only_server_span(exporter).attributes["enduser.id"] == "user-7"
+    assert converted == []  # nothing consumes the whole request: it is never captured
 
 
 def test_otel_off_makes_no_span(make_app, exporter):
