@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 
 from .sql_batches import AlreadyWritten, utcnow
+from .sql_errors import driver_error
 
 _MULTI_STATEMENTS = "flask_usage_otel.multi_statements"
 """Set in a pooled connection's ``info`` when it was opened with ``MULTI_STATEMENTS``."""
@@ -108,8 +108,7 @@ def write_batch(
     proxied = conn.connection
     proxied.info.pop(_COMMITTED, None)
     raw: Any = proxied.dbapi_connection
-    dialect = conn.dialect
-    dbapi = dialect.loaded_dbapi
+    dbapi = conn.dialect.loaded_dbapi
     cursor = raw.cursor()
     at = claim_at = 0  # the statement whose answer is awaited; the batch id's
     sent = False
@@ -133,15 +132,8 @@ def write_batch(
         if at == claim_at and claim is not None and exc.args and exc.args[0] == _DUPLICATE_ENTRY:
             # The rows inserted before it are rolled back by the pool's reset.
             raise AlreadyWritten(claim[1]) from None
-        # What SQLAlchemy would raise (OperationalError, DataError, ...), so the writer can tell a database
-        # that is down (retry the batch) from a row it refuses; a dead connection is forgotten.
-        disconnected = dialect.is_disconnect(exc, raw, cursor)
-        if disconnected:
-            conn.invalidate(exc)
         shown = "; ".join(["BEGIN", "".join(insert), *(["INSERT INTO <batch ids>"] if claim else [])])
-        raise sa_exc.DBAPIError.instance(
-            shown, None, exc, dbapi.Error, connection_invalidated=disconnected, dialect=dialect
-        ) from exc
+        raise driver_error(conn, exc, shown, cursor) from exc
     except BaseException as exc:
         if sent:  # interrupted between answers: the connection cannot be reused
             conn.invalidate(exc)

@@ -36,9 +36,9 @@ import sqlalchemy as sa
 from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.copy import Copy, FileWriter
-from sqlalchemy import exc as sa_exc
 
 from .sql_batches import AlreadyWritten, utcnow
+from .sql_errors import driver_error
 
 _UNIQUE_VIOLATION = "23505"
 _IDLE = pq.TransactionStatus.IDLE
@@ -74,8 +74,7 @@ def write_batch(
     if pgconn.transaction_status == _IDLE:
         statements = ["BEGIN", *statements, "COMMIT"] if commit else ["BEGIN", *statements]
     query = "; ".join(statements)
-    dialect = conn.dialect
-    dbapi = dialect.loaded_dbapi
+    dbapi = conn.dialect.loaded_dbapi
     try:
         results = _run(pgconn, query.encode(encoding), lambda: _copy_data(raw, rows()))
         for result in results:
@@ -84,14 +83,7 @@ def write_batch(
     except dbapi.Error as exc:
         if claim is not None and exc.sqlstate == _UNIQUE_VIOLATION and exc.diag.table_name == claim[1]:
             raise AlreadyWritten(claim[2]) from None
-        # What SQLAlchemy would raise (OperationalError, DataError, ...), so the writer can tell a database
-        # that is down (retry the batch) from a row it refuses; a dead connection is forgotten.
-        disconnected = pgconn.transaction_status == _ACTIVE or dialect.is_disconnect(exc, raw, None)
-        if disconnected:
-            conn.invalidate(exc)
-        raise sa_exc.DBAPIError.instance(
-            query, None, exc, dbapi.Error, connection_invalidated=disconnected, dialect=dialect
-        ) from exc
+        raise driver_error(conn, exc, query, broken=pgconn.transaction_status == _ACTIVE) from exc
     except BaseException as exc:
         if pgconn.transaction_status == _ACTIVE:  # interrupted mid-protocol: the connection cannot be reused
             conn.invalidate(exc)

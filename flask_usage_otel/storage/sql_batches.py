@@ -27,6 +27,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .sql_errors import driver_error
+
 BATCH_ID_RETENTION = timedelta(days=1)
 _PRUNE_EVERY = 3600.0  # seconds
 _MAX_ID_LENGTH = 63  # PostgreSQL's identifier limit (MariaDB's is 64)
@@ -90,13 +92,7 @@ class BatchLog:
         except dbapi.IntegrityError:
             raise AlreadyWritten(batch_id) from None
         except dbapi.Error as exc:
-            # What SQLAlchemy would raise, so the writer can tell a lost connection from the rest.
-            disconnected = dialect.is_disconnect(exc, raw, cursor)
-            if disconnected:
-                conn.invalidate(exc)
-            raise sa.exc.DBAPIError.instance(
-                sql, None, exc, dbapi.Error, connection_invalidated=disconnected, dialect=dialect
-            ) from exc
+            raise driver_error(conn, exc, sql, cursor) from exc
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()

@@ -117,6 +117,24 @@ def _is_mysql(orig: Any) -> bool:
     return type(orig).__module__.split(".")[0] in ("pymysql", "MySQLdb", "mysql", "mariadb")
 
 
+def driver_error(
+    conn: sa.Connection, exc: Exception, statement: str, cursor: Any = None, *, broken: bool = False
+) -> sa_exc.DBAPIError:
+    """What SQLAlchemy would raise for the driver's ``exc`` on ``conn`` (OperationalError, DataError, ...),
+    for a statement sent on the driver's own cursor; ``conn`` is invalidated when the connection is dead.
+
+    The writer then tells a database that is down (retry the batch) from a row it refuses as it does
+    for SQLAlchemy's own statements. ``broken``: the caller knows the connection cannot be reused.
+    """
+    dialect = conn.dialect
+    disconnected = broken or dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if disconnected:
+        conn.invalidate(exc)
+    return sa_exc.DBAPIError.instance(
+        statement, None, exc, dialect.loaded_dbapi.Error, connection_invalidated=disconnected, dialect=dialect
+    )
+
+
 # -- saying what went wrong -------------------------------------------------------------------
 
 # The scheme is optional: psycopg 3.1 cuts libpq's message about a host it could not resolve inside

@@ -11,16 +11,30 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from tests.integration.test_writer_faults import FAST, Rig, rig, server
+from tests.integration.test_writer_faults import FAST, SERVERS, Rig, rig
+from tests.storage.conftest import require_server
 
-__all__ = ["rig", "server"]  # the fixtures, shared with the fault tests
+__all__ = ["rig"]  # the fixture, shared with the fault tests (it takes this module's `server`)
 
 pytestmark = pytest.mark.integration
 
 # Most waits per batch. PostgreSQL: the COPY, the batch id and COMMIT in one query, then the rows.
 # MariaDB (PyMySQL): BEGIN, the rows' INSERT, the batch id's and COMMIT in one query (one wait; the
-# pool gives the connection back without a ROLLBACK). Each way, at most two.
-MOST_ROUND_TRIPS = {"postgresql": 2, "mariadb": 2}
+# pool gives the connection back without a ROLLBACK), through either of its URL schemes.
+MOST_ROUND_TRIPS = {"postgresql": 2, "mysql+pymysql": 1, "mariadb+pymysql": 1}
+
+
+@pytest.fixture(params=list(MOST_ROUND_TRIPS))
+def server(request: pytest.FixtureRequest) -> tuple[str, str, int]:
+    """The fault tests' servers, MariaDB through both schemes (SQLAlchemy's dialect is ``mysql`` for one,
+    ``mariadb`` for the other)."""
+    name = request.param
+    database = "postgresql" if name == "postgresql" else "mariadb"
+    url, port = SERVERS[database]
+    require_server(database, port)
+    if database == "mariadb":
+        url = sa.make_url(url).set(drivername=name).render_as_string(hide_password=False)
+    return name, url, port
 
 
 def test_waits_for_the_database_per_batch_counted_on_the_wire(rig: Rig, server: tuple[str, str, int]) -> None:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import TrackUsage
 from flask_usage_otel.cli import usage
+from flask_usage_otel.ftu_names import LegacyNameWarning
 from flask_usage_otel.privacy import ErasureRefused
 from flask_usage_otel.storage.sql import SQLStorage
 from flask_usage_otel.summarization import sumRemote, sumUrl
@@ -335,3 +336,50 @@ def test_prune_and_forget_delete_chunk_size_rows_per_transaction(any_scheme: SQL
     assert storage.forget(username="alice", chunk_size=5) == 12  # make_record's user
     assert [e for e in events if e.startswith("DELETE")] == ["DELETE 5", "DELETE 5", "DELETE 2"]
     assert storage.read_usage() == []
+
+
+def _tracked(storage: SQLStorage, **options: Any) -> tuple[Flask, TrackUsage]:
+    """An app whose requests reach ``storage`` through the real background writer, all made by "alice"."""
+    app = Flask("chunks")
+    app.config.update(
+        TRACK_USAGE_FLUSH_INTERVAL=0.05, TRACK_USAGE_BATCH_SIZE=5, TRACK_USAGE_CAPTURE_USER=lambda: "alice"
+    )
+    app.add_url_rule("/<int:n>", "hit", lambda n: "ok")
+    return app, TrackUsage(app, storage, registry=CollectorRegistry(), **options)
+
+
+def test_the_cli_prune_and_the_apps_forget_delete_in_chunks_of_what_the_writer_wrote(
+    any_scheme: SQLStorage, table_name: str
+) -> None:
+    """The chunked DELETE (a derived table of ids on MariaDB, through either scheme) on rows that requests
+    wrote through the writer; the old ones through Flask-Track-Usage's fixed time, the new ones through
+    the app that erases."""
+    old_storage = SQLStorage(any_scheme.engine.url.render_as_string(hide_password=False), table_name=table_name)
+    with pytest.warns(LegacyNameWarning, match="_fake_time"):
+        old_app, old_tracker = _tracked(old_storage, _fake_time=datetime.now(timezone.utc) - timedelta(days=40))
+    app, tracker = _tracked(any_scheme)
+    for sent, count in ((old_app, 25), (app, 12)):
+        client = sent.test_client()
+        assert all(client.get(f"/{n}").status_code == 200 for n in range(count))
+    with old_app.app_context():
+        assert old_tracker.flush(20)
+    with app.app_context():
+        assert tracker.flush(20)
+    old_storage.engine.dispose()
+    events: list[str] = []
+
+    def statement(conn: Any, cursor: Any, text: str, *args: Any) -> None:
+        if text.lstrip().upper().startswith("DELETE") and table_name in text and "_batches" not in text:
+            events.append(f"DELETE {cursor.rowcount}")
+
+    sa.event.listen(any_scheme.engine, "after_cursor_execute", statement)
+    sa.event.listen(any_scheme.engine, "commit", lambda conn: events.append("COMMIT"))
+    result = app.test_cli_runner().invoke(usage, ["prune", "--older-than", "30d", "--chunk-size", "7"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 25 rows" in result.output
+    assert events[:8] == ["DELETE 7", "COMMIT"] * 3 + ["DELETE 4", "COMMIT"]
+    events.clear()
+    with app.app_context():
+        assert tracker.forget(username="alice") == 12
+    assert [e for e in events if e.startswith("DELETE")] == ["DELETE 12"]
+    assert _rows(any_scheme) == []
