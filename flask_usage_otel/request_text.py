@@ -39,8 +39,9 @@ def full_url(scheme: str, host: str, script_root: str, path: str, query_string: 
     except UnicodeError:  # a lone surrogate: the caller decides (values_url cleans the text and asks again)
         raise
     except ValueError:  # a Host Werkzeug < 3 cannot split as a URL ("[", an unclosed IPv6 bracket): kept as sent
-        tail = path.lstrip("/")
-        return f"{scheme}://{host}/{tail}" + (f"?{query_string}" if query_string else "")
+        root = script_root.strip("/")
+        url = f"{scheme}://{host}/" + (f"{root}/" if root else "") + path.lstrip("/")
+        return f"{url}?{query_string}" if query_string else url
 
 
 def _url_prefix(scheme: str, host: str, script_root: str) -> str | None:

@@ -70,3 +70,13 @@ TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00#?/"), min_s
 )
 def test_any_url_equals_request_url(segments: list[str], query: str, host: str, scheme: str) -> None:
     _check("/" + "/".join(segments), quote(query, safe="=&%+"), host, scheme)
+
+
+def test_a_host_that_cannot_be_split_keeps_the_script_root() -> None:
+    # Werkzeug 2.3 (the floor) refuses to split such a Host, Werkzeug 3 drops it: either way the
+    # mounted application's root and the path stay in the stored URL.
+    from flask_usage_otel.request_text import full_url
+
+    for host in ("[", "[::1", "ex[ample.com"):
+        assert full_url("http", host, "/app", "/x", "q=1").endswith("/app/x?q=1")
+        assert full_url("https", host, "", "//x", "").endswith("/x")
