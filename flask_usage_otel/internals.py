@@ -549,3 +549,48 @@ def incubating_name(constant: str) -> str:
 
 
 _incubating_checked: list[bool] = []  # checked at first use: OpenTelemetry is optional
+
+
+# -- psycopg: the error of a libpq result -----------------------------------------------------
+
+
+def _psycopg_error(result: Any, encoding: str) -> Exception:
+    from psycopg import errors
+
+    return errors.error_from_result(result, encoding=encoding)  # type: ignore[attr-defined,no-any-return]
+
+
+def _public_psycopg_error(result: Any, encoding: str) -> Exception:
+    """The error class ``errors.lookup`` gives for the result's SQLSTATE, with libpq's message."""
+    from psycopg import errors, pq
+
+    sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode("ascii", "replace")
+    try:
+        kind: type[Exception] = errors.lookup(sqlstate)
+    except KeyError:
+        kind = errors.DatabaseError
+    return kind((result.error_message or b"").decode(encoding, "replace").strip())
+
+
+def check_psycopg_error(result: Any, encoding: str, make: Callable[[Any, str], Exception] = _psycopg_error) -> None:
+    """On the first failed result: the error is of the class ``errors.lookup`` gives, with the same SQLSTATE."""
+    fast, public = make(result, encoding), _public_psycopg_error(result, encoding)
+    _expect(type(fast), type(public), "the error class")
+    _expect(getattr(fast, "sqlstate", None), getattr(public, "sqlstate", None), "the SQLSTATE")
+
+
+def psycopg_error(result: Any, encoding: str) -> Exception:
+    """The psycopg error of a failed libpq result (``psycopg.errors.error_from_result``, undocumented; else
+    the class ``errors.lookup`` gives for its SQLSTATE with libpq's message, without the diagnostics)."""
+    if _error_maker[0] is None:
+        _error_maker[0] = select(
+            "psycopg errors.error_from_result",
+            "psycopg",
+            lambda: check_psycopg_error(result, encoding),
+            _psycopg_error,
+            _public_psycopg_error,
+        )
+    return _error_maker[0](result, encoding)
+
+
+_error_maker: list[Callable[[Any, str], Exception] | None] = [None]  # chosen at the first failed result

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from flask_usage_otel import SQLStorage, TrackUsage, internals
 from flask_usage_otel.storage.sink import StorageSink
+from flask_usage_otel.writer import Batch
+from tests.storage.conftest import POSTGRES_URL, drop_table, make_record, require_server, unique_table
 from tests.test_internals import warnings_of
 
 
@@ -74,3 +76,58 @@ def test_without_the_socket_a_silent_mariadb_is_still_given_up_on(
             sink.writer.shutdown(5)
             storage.engine.dispose()
             drop_table(sa.create_engine(MARIADB_URL), table)
+
+
+# -- psycopg: the error of a failed libpq result ----------------------------------------------
+
+
+@pytest.mark.integration
+def test_psycopg_errors_pass_their_check_here() -> None:
+    import psycopg
+
+    require_server("postgresql", 5432)
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test") as raw:
+        result = raw.pgconn.exec_(b"SELECT 1/0")
+        internals.check_psycopg_error(result, "utf-8")
+        assert type(internals._public_psycopg_error(result, "utf-8")).__name__ == "DivisionByZero"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("way", ["fast", "public"])
+def test_psycopg_error_fallback_refuses_and_retries_rows_as_the_fast_path(
+    way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through TrackUsage and the real writer on PostgreSQL: a row the server refuses fails its batch, which
+    is then written row by row (the refused one dropped, counted); a retried batch id writes nothing again."""
+    require_server("postgresql", 5432)
+    maker = internals._psycopg_error if way == "fast" else internals._public_psycopg_error
+    monkeypatch.setattr(internals, "_error_maker", [maker])
+    storage = SQLStorage(POSTGRES_URL, table_name=unique_table())
+    storage.create_table()
+    try:
+        with storage.engine.begin() as conn:
+            conn.exec_driver_sql(f'ALTER TABLE "{storage.table.name}" ADD CONSTRAINT short CHECK (length(path) < 12)')
+        app = Flask(f"psycopg_{way}")
+
+        @app.route("/<path:rest>")
+        def page(rest: str) -> str:
+            return rest
+
+        tracker = TrackUsage(app, storage=storage, registry=CollectorRegistry())
+        client = app.test_client()
+        for path in ("/ok/1", "/far/too/long/path", "/ok/2"):
+            assert client.get(path).status_code == 200
+        assert not tracker.flush(10)  # one row was refused: flush does not report success
+        with storage.engine.connect() as conn:
+            assert sorted(conn.execute(sa.select(storage.table.c.path)).scalars()) == ["/ok/1", "/ok/2"]
+        [sink] = [s for s in tracker._trackers[app].sinks if isinstance(s, StorageSink)]
+        assert sink.writer.rows_dropped == sink.writer.dropped["rejected"] == 1  # the database's refusal, both ways
+        batch = Batch([make_record(path="/again")], batch_id="retried")
+        storage.store(batch)
+        storage.store(batch)  # committed before: the duplicate batch id is recognised from the result alone
+        with storage.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).where(storage.table.c.path == "/again")).scalar() == 1
+    finally:
+        drop_table(storage.engine, storage.table.name)
+        drop_table(storage.engine, storage.batches.name)
+        storage.engine.dispose()

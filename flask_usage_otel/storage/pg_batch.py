@@ -33,14 +33,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.copy import Copy, FileWriter
 
+from ..internals import psycopg_error
 from .sql_batches import AlreadyWritten, utcnow
 from .sql_errors import driver_error
 
-_UNIQUE_VIOLATION = "23505"
+_UNIQUE_VIOLATION = b"23505"
+_SQLSTATE = pq.DiagnosticField.SQLSTATE
+_TABLE_NAME = pq.DiagnosticField.TABLE_NAME
 _IDLE = pq.TransactionStatus.IDLE
 _ACTIVE = pq.TransactionStatus.ACTIVE
 _COPY_IN = pq.ExecStatus.COPY_IN
@@ -79,15 +81,20 @@ def write_batch(
         results = _run(pgconn, query.encode(encoding), lambda: _copy_data(raw, rows()))
         for result in results:
             if result.status == _FATAL_ERROR:
-                raise pg_errors.error_from_result(result, encoding=encoding)
+                if claim is not None and _already_written(result, claim[1]):
+                    raise AlreadyWritten(claim[2])
+                raise psycopg_error(result, encoding)
     except dbapi.Error as exc:
-        if claim is not None and exc.sqlstate == _UNIQUE_VIOLATION and exc.diag.table_name == claim[1]:
-            raise AlreadyWritten(claim[2]) from None
         raise driver_error(conn, exc, query, broken=pgconn.transaction_status == _ACTIVE) from exc
     except BaseException as exc:
         if pgconn.transaction_status == _ACTIVE:  # interrupted mid-protocol: the connection cannot be reused
             conn.invalidate(exc)
         raise
+
+
+def _already_written(result: Any, batches: str) -> bool:
+    """Whether a failed result is the batch id's INSERT refused as a duplicate: the batch was committed before."""
+    return result.error_field(_SQLSTATE) == _UNIQUE_VIOLATION and result.error_field(_TABLE_NAME) == batches.encode()
 
 
 def _claim_sql(pgconn: Any, table: str, batch_id: str, encoding: str) -> str:
