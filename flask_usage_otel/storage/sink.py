@@ -57,7 +57,12 @@ class SyncStorageSink(Sink):
         if captured is None:  # a value of the request could not be made plain: its record alone is lost
             self._observer.dropped("unserialisable", 1)
             return
-        if self.storage.store([build_record(self._context, captured)]):  # a row the storage lost on its own
+        try:
+            lost = self.storage.store([build_record(self._context, captured)])
+        except Exception:
+            self._observer.dropped("storage_error", 1)
+            raise  # the tracker logs it with its traceback (once per interval) and counts the sink's failure
+        if lost:  # a row the storage lost on its own
             self._observer.dropped("storage_error", 1)
         else:
             self._observer.written(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -262,6 +263,24 @@ def test_with_synchronous_writes_a_storage_losing_a_record_costs_that_record_onl
     assert seen == ["/items/0", "/items/2"]
     assert dropped(registry, "storage_error") == 1
     assert registry.get_sample_value("flask_usage_storage_rows_written_total") == 2
+
+
+def test_with_synchronous_writes_a_storage_that_raises_costs_each_record_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TRACK_USAGE_SYNC_WRITES and a SQLStorage subclass whose store() has a bug: every record is counted
+    as storage_error, the traceback is logged, and every response is unaffected."""
+
+    class Buggy(SQLStorage):
+        def store(self, records: Any) -> int:
+            raise TypeError("a bug in store()")
+
+    app, _, registry = tracked_app(Buggy(f"sqlite:///{tmp_path / 'buggy.db'}"), TRACK_USAGE_SYNC_WRITES=True)
+    with caplog.at_level(logging.ERROR, logger="flask_usage_otel"):
+        send(app, 5)
+    assert dropped(registry, "storage_error") == 5
+    assert registry.get_sample_value("flask_usage_tracking_errors_total", {"component": "storage"}) == 5
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [TypeError]  # type: ignore[index]
 
 
 def test_headers_captured_for_log_records_never_reach_a_row(
