@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -33,6 +34,16 @@ def lifecycle_server(tmp_path: Path, db: Path, *, preload: bool = False) -> Iter
         env["GUNICORN_CMD_ARGS"] = "--preload"
     with run_gunicorn(tmp_path, workers=1, multiproc_dir=multiproc, app=APP, extra_env=env) as server:
         yield server
+
+
+def stored_rows(db: Path, columns: str) -> list[Any]:
+    """``columns`` of every row the server wrote to the SQLite file ``db``."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return list(conn.exec_driver_sql(f"SELECT {columns} FROM flask_usage").all())
+    finally:
+        engine.dispose()
 
 
 def test_a_raising_teardown_under_gunicorn(tmp_path: Path) -> None:
@@ -90,12 +101,7 @@ def test_a_stream_that_fails_before_its_first_byte_is_the_servers_500(tmp_path: 
         assert counts == {("GET", "/failing-stream/<when>", "500"): 1, ("GET", "/failing-stream/<when>", "200"): 2}
         assert server.stop() == 0
 
-    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT path, status, response_size, exception FROM flask_usage").all()
-    finally:
-        engine.dispose()
+    rows = stored_rows(db, "path, status, response_size, exception")
     assert sorted(map(tuple, rows)) == [
         ("/failing-stream/after-empty", 200, 0, "RuntimeError"),
         ("/failing-stream/before-first", 500, 0, "RuntimeError"),
@@ -125,12 +131,7 @@ def test_a_stream_the_client_walks_away_from_under_gunicorn_preload(tmp_path: Pa
         assert sum(in_progress) == 0
         assert server.stop() == 0
 
-    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT path, status, response_size FROM flask_usage").all()
-    finally:
-        engine.dispose()
+    rows = stored_rows(db, "path, status, response_size")
     ((path, status, size),) = rows
     assert (path, status) == ("/endless", 200)
     assert size >= 65536
